@@ -1,0 +1,202 @@
+//! The Wan text-to-video pipeline: `WanPipeline::load` finds and maps a checkpoint (the
+//! diffusers folder layout, or single files in the original Wan / ComfyUI layouts), and
+//! `WanPipeline::generate` runs prompt → UMT5 → sampler loop (transformer + scheduler +
+//! classifier-free guidance) → VAE decode → frames.
+//!
+//! This crate is the only place that knows the order of the steps. It must not speak HTTP,
+//! encode video files, or hold architecture code (that is `kiln-models`) or scheduler maths
+//! (that is `kiln-sampling`).
+
+mod checkpoint;
+pub mod noise;
+pub mod prompt;
+mod request;
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use kiln_models::umt5::UMT5EncoderModel;
+use kiln_models::wan::transformer::WanTransformer;
+use kiln_models::wan::vae::WanVae;
+use kiln_sampling::{classifier_free_guidance, Scheduler, SchedulerConfig};
+
+pub use checkpoint::CheckpointPaths;
+pub use kiln_sampling::guidance_from_cfg_scale;
+pub use request::{GenerateRequest, DEFAULT_NEGATIVE_PROMPT, MAX_PROMPT_CHARS};
+
+/// Everything that can stop a generation, each a one-line message with the cause and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("{message}")]
+    Load { message: String },
+    #[error("{0}")]
+    Input(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("{0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+impl From<kiln_models::LoadError> for PipelineError {
+    fn from(e: kiln_models::LoadError) -> Self {
+        PipelineError::Load {
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Where a generation is, for progress bars and server events.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Progress {
+    EncodingPrompt,
+    Denoising { step: usize, steps: usize, seconds: f64 },
+    Decoding,
+}
+
+/// Wall time of each phase, in seconds.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PhaseTimings {
+    pub encode_prompt: f64,
+    pub denoise: f64,
+    pub decode: f64,
+}
+
+/// A finished clip: `video` is (frames, height, width, 3), f32 in [0, 1].
+pub struct Generated {
+    pub video: Tensor,
+    pub timings: PhaseTimings,
+}
+
+/// Numbers of the loaded checkpoint that decide which requests it can serve.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelGeometry {
+    pub latent_channels: usize,
+    pub temporal_factor: usize,
+    pub spatial_factor: usize,
+    pub patch: [usize; 3],
+    pub max_sequence_length: usize,
+}
+
+pub struct WanPipeline {
+    tokenizer: prompt::PromptTokenizer,
+    text_encoder: UMT5EncoderModel,
+    transformer: WanTransformer,
+    vae: WanVae,
+    scheduler_config: SchedulerConfig,
+    geometry: ModelGeometry,
+    dtype: DType,
+    device: Device,
+}
+
+impl WanPipeline {
+    /// Loads every component, mapping weights into `dtype`.
+    pub fn load(paths: &CheckpointPaths, dtype: DType, device: &Device) -> Result<Self, PipelineError> {
+        let parts = checkpoint::load(paths, dtype, device)?;
+        Ok(Self {
+            tokenizer: parts.tokenizer,
+            text_encoder: parts.text_encoder,
+            transformer: parts.transformer,
+            vae: parts.vae,
+            scheduler_config: parts.scheduler_config,
+            geometry: parts.geometry,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    pub fn geometry(&self) -> &ModelGeometry {
+        &self.geometry
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The pipeline's prompt embeddings: UMT5 output with rows past the prompt's length zeroed.
+    pub fn encode_prompt(&self, prompt: &str) -> Result<Tensor, PipelineError> {
+        let tokens = self.tokenizer.encode(prompt, &self.device)?;
+        let hidden = self
+            .text_encoder
+            .forward(&tokens.input_ids, &tokens.attention_mask)?;
+        let (_, l, d) = hidden.dims3()?;
+        let valid = hidden.narrow(1, 0, tokens.len)?;
+        let pad = Tensor::zeros((1, l - tokens.len, d), hidden.dtype(), &self.device)?;
+        Ok(Tensor::cat(&[valid, pad], 1)?)
+    }
+
+    /// Runs text-to-video. `progress` is told of each phase and step; returning `false`
+    /// from it cancels the run at the next step.
+    pub fn generate(
+        &self,
+        req: &GenerateRequest,
+        progress: &mut dyn FnMut(Progress) -> bool,
+    ) -> Result<Generated, PipelineError> {
+        req.validate(&self.geometry)?;
+        let mut timings = PhaseTimings::default();
+
+        let t0 = Instant::now();
+        if !progress(Progress::EncodingPrompt) {
+            return Err(PipelineError::Cancelled);
+        }
+        let use_cfg = req.guidance_scale > 1.0;
+        let cond = self.encode_prompt(&req.prompt)?.to_dtype(self.dtype)?;
+        let uncond = if use_cfg {
+            Some(self.encode_prompt(&req.negative_prompt)?.to_dtype(self.dtype)?)
+        } else {
+            None
+        };
+        timings.encode_prompt = t0.elapsed().as_secs_f64();
+
+        let t1 = Instant::now();
+        let mut scheduler = Scheduler::from_config(&self.scheduler_config)
+            .map_err(|e| PipelineError::Load { message: e.to_string() })?;
+        scheduler.set_timesteps(req.steps);
+        let shape = req.latent_shape(&self.geometry);
+        let mut latents = match &req.init_latents {
+            Some(t) => t.to_device(&self.device)?.to_dtype(DType::F32)?,
+            None => noise::torch_randn(req.seed, shape, &self.device)?,
+        };
+        let timesteps: Vec<f64> = scheduler.timesteps().to_vec();
+        let steps = timesteps.len();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let step_start = Instant::now();
+            let model_in = latents.to_dtype(self.dtype)?;
+            let timestep = Tensor::new(&[t as f32], &self.device)?;
+            let cond_pred = self.transformer.forward(&model_in, &timestep, &cond)?;
+            let pred = match &uncond {
+                Some(uncond) => {
+                    let uncond_pred = self.transformer.forward(&model_in, &timestep, uncond)?;
+                    classifier_free_guidance(&uncond_pred, &cond_pred, req.guidance_scale)?
+                }
+                None => cond_pred,
+            };
+            latents = scheduler.step(&pred.to_dtype(DType::F32)?, &latents)?;
+            let seconds = step_start.elapsed().as_secs_f64();
+            if !progress(Progress::Denoising { step: i + 1, steps, seconds }) {
+                return Err(PipelineError::Cancelled);
+            }
+        }
+        timings.denoise = t1.elapsed().as_secs_f64();
+
+        let t2 = Instant::now();
+        if !progress(Progress::Decoding) {
+            return Err(PipelineError::Cancelled);
+        }
+        let z = self.vae.denormalize(&latents.to_dtype(self.dtype)?)?;
+        let video = self.vae.decode(&z)?;
+        timings.decode = t2.elapsed().as_secs_f64();
+        Ok(Generated {
+            video: to_frames(&video)?,
+            timings,
+        })
+    }
+}
+
+/// (1, 3, F, H, W) in [-1, 1] → (F, H, W, 3) in [0, 1], f32, as the reference's "np" output.
+fn to_frames(video: &Tensor) -> candle_core::Result<Tensor> {
+    let v = video.to_dtype(DType::F32)?.squeeze(0)?;
+    ((v / 2.0)? + 0.5)?
+        .clamp(0f32, 1f32)?
+        .permute((1, 2, 3, 0))?
+        .contiguous()
+}
