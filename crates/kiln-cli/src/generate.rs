@@ -7,7 +7,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln_pipeline::{CheckpointPaths, GenerateRequest, Progress, WanPipeline, DEFAULT_NEGATIVE_PROMPT};
+use kiln_pipeline::{
+    CheckpointPaths, GenerateRequest, Progress, WanPipeline, DEFAULT_NEGATIVE_PROMPT,
+};
 
 /// Wan 2.1 renders at 16 frames per second.
 const FPS: u32 = 16;
@@ -122,11 +124,18 @@ fn kiln_sampling_guidance(c: f64) -> Result<f64> {
 }
 
 fn load_init_latents(path: &PathBuf) -> Result<Tensor> {
-    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu)
-        .with_context(|| format!("{}: cannot read safetensors; write it with a tensor named `latents`", path.display()))?;
-    tensors
-        .remove("latents")
-        .with_context(|| format!("{}: no tensor named `latents`; save the latents under that name", path.display()))
+    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu).with_context(|| {
+        format!(
+            "{}: cannot read safetensors; write it with a tensor named `latents`",
+            path.display()
+        )
+    })?;
+    tensors.remove("latents").with_context(|| {
+        format!(
+            "{}: no tensor named `latents`; save the latents under that name",
+            path.display()
+        )
+    })
 }
 
 /// Peak resident memory of this process, from the kernel's high-water mark.
@@ -162,7 +171,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             .unwrap_or(0);
         nanos % 4_294_967_296
     });
-    let init_latents = args.init_latents.as_ref().map(load_init_latents).transpose()?;
+    let init_latents = args
+        .init_latents
+        .as_ref()
+        .map(load_init_latents)
+        .transpose()?;
     let dtype = match args.dtype {
         ComputeDtype::F32 => DType::F32,
         ComputeDtype::Bf16 => DType::BF16,
@@ -200,11 +213,17 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let mut on_progress = |p: Progress| {
         match p {
             Progress::EncodingPrompt => bar.set_message("encoding prompt"),
-            Progress::Denoising { step, steps, seconds } => {
+            Progress::Denoising {
+                step,
+                steps,
+                seconds,
+            } => {
                 if step == 1 {
                     bar.set_style(
-                        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed_precise}")
-                            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                        ProgressStyle::with_template(
+                            "{msg} [{bar:30}] {pos}/{len} {elapsed_precise}",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
                     );
                     bar.set_length(steps as u64);
                 }

@@ -7,7 +7,11 @@ mod y4m;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "Self-hosted video generation (Wan 2.1 family)")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Self-hosted video generation (Wan 2.1 family)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -4,9 +4,19 @@
 use std::io::Write;
 
 /// Writes (F, H, W, 3) frames in [0, 1] as 4:4:4 Y'CbCr (BT.601 full range).
-pub fn write(path: &std::path::Path, frames: &[f32], f: usize, h: usize, w: usize, fps: u32) -> std::io::Result<()> {
+pub fn write(
+    path: &std::path::Path,
+    frames: &[f32],
+    f: usize,
+    h: usize,
+    w: usize,
+    fps: u32,
+) -> std::io::Result<()> {
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    writeln!(out, "YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C444 XCOLORRANGE=FULL")?;
+    writeln!(
+        out,
+        "YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C444 XCOLORRANGE=FULL"
+    )?;
     let mut planes = vec![0u8; 3 * h * w];
     for frame in frames.chunks_exact(h * w * 3).take(f) {
         for (i, px) in frame.chunks_exact(3).enumerate() {

@@ -10,7 +10,9 @@ pub enum LoadError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: not a valid {what} ({source}); use the config.json that ships with the checkpoint")]
+    #[error(
+        "{path}: not a valid {what} ({source}); use the config.json that ships with the checkpoint"
+    )]
     Config {
         path: PathBuf,
         what: &'static str,

@@ -12,4 +12,4 @@ pub mod wan;
 pub mod weights;
 
 pub use error::LoadError;
-pub use weights::{read_config, component_files, KeyMap, WeightSource};
+pub use weights::{component_files, read_config, KeyMap, WeightSource};

@@ -70,7 +70,9 @@ pub fn component_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if singles.is_empty() {
         return Err(LoadError::Invalid {
             path: dir.to_path_buf(),
-            message: "no .safetensors weights found; download the component's weights into this folder".into(),
+            message:
+                "no .safetensors weights found; download the component's weights into this folder"
+                    .into(),
         });
     }
     Ok(singles)
@@ -86,15 +88,20 @@ pub struct WeightSource {
 
 impl WeightSource {
     /// Maps `files`. `label` names them in errors; `fix` says what to do when a key is missing.
-    pub fn open(files: &[PathBuf], key_map: Option<KeyMap>, fix: impl Into<String>) -> Result<Self> {
+    pub fn open(
+        files: &[PathBuf],
+        key_map: Option<KeyMap>,
+        fix: impl Into<String>,
+    ) -> Result<Self> {
         for f in files {
             check_safetensors_file(f)?;
         }
         // SAFETY: the files are opened read-only; kiln never writes a checkpoint it has mapped.
-        let tensors = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| LoadError::Invalid {
-            path: files.first().cloned().unwrap_or_default(),
-            message: format!("cannot map safetensors ({e}); re-download the file"),
-        })?;
+        let tensors =
+            unsafe { MmapedSafetensors::multi(files) }.map_err(|e| LoadError::Invalid {
+                path: files.first().cloned().unwrap_or_default(),
+                message: format!("cannot map safetensors ({e}); re-download the file"),
+            })?;
         let label = files
             .iter()
             .map(|f| f.display().to_string())
@@ -124,13 +131,21 @@ impl WeightSource {
         }
     }
 
-    fn load(&self, name: &str, expected: Option<&Shape>, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn load(
+        &self,
+        name: &str,
+        expected: Option<&Shape>,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let key = self.stored_key(name);
         let view = self.tensors.get(&key).map_err(|_| {
             candle_core::Error::Msg(format!(
                 "{}: missing tensor `{key}`{}; {}",
                 self.label,
-                expected.map(|s| format!(" (expected shape {:?})", s.dims())).unwrap_or_default(),
+                expected
+                    .map(|s| format!(" (expected shape {:?})", s.dims()))
+                    .unwrap_or_default(),
                 self.fix
             ))
         })?;
@@ -144,13 +159,13 @@ impl WeightSource {
                 )));
             }
         }
-        use candle_core::safetensors::Dtype as St;
-        match view.dtype() {
-            St::F32 | St::BF16 | St::F16 => {}
-            other => {
+        match DType::try_from(view.dtype()) {
+            Ok(DType::F32 | DType::BF16 | DType::F16) => {}
+            _ => {
                 return Err(candle_core::Error::Msg(format!(
-                    "{}: tensor `{key}` is stored as {other:?}, expected f32, bf16 or f16; convert the checkpoint to one of those",
-                    self.label
+                    "{}: tensor `{key}` is stored as {:?}, expected f32, bf16 or f16; convert the checkpoint to one of those",
+                    self.label,
+                    view.dtype()
                 )))
             }
         }
@@ -210,10 +225,17 @@ fn check_safetensors_file(path: &Path) -> Result<()> {
         )));
     }
     let mut header = vec![0u8; header_len as usize];
-    f.read_exact(&mut header)
-        .map_err(|e| invalid(format!("cannot read the safetensors header ({e}); fetch the file again")))?;
+    f.read_exact(&mut header).map_err(|e| {
+        invalid(format!(
+            "cannot read the safetensors header ({e}); fetch the file again"
+        ))
+    })?;
     let meta: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
-        .map_err(|e| invalid(format!("safetensors header is not valid JSON ({e}); the file is corrupt, fetch it again")))?;
+        .map_err(|e| {
+            invalid(format!(
+                "safetensors header is not valid JSON ({e}); the file is corrupt, fetch it again"
+            ))
+        })?;
     let mut end = 0u64;
     for (k, v) in &meta {
         if k == "__metadata__" {

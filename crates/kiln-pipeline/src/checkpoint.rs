@@ -80,7 +80,11 @@ fn require_dir(model: &Path, sub: &str) -> Result<PathBuf, PipelineError> {
     Ok(dir)
 }
 
-pub(crate) fn load(paths: &CheckpointPaths, dtype: DType, device: &Device) -> Result<Parts, PipelineError> {
+pub(crate) fn load(
+    paths: &CheckpointPaths,
+    dtype: DType,
+    device: &Device,
+) -> Result<Parts, PipelineError> {
     let model = &paths.model;
     if !model.is_dir() {
         return Err(load_err(format!(
@@ -90,7 +94,10 @@ pub(crate) fn load(paths: &CheckpointPaths, dtype: DType, device: &Device) -> Re
     }
     let index = model.join("model_index.json");
     let index: serde_json::Value = read_config(&index, "model_index.json")?;
-    let class = index.get("_class_name").and_then(|c| c.as_str()).unwrap_or("");
+    let class = index
+        .get("_class_name")
+        .and_then(|c| c.as_str())
+        .unwrap_or("");
     if class != "WanPipeline" {
         return Err(load_err(format!(
             "{}: pipeline class is `{class}`, expected `WanPipeline`; kiln runs Wan 2.1 text-to-video checkpoints",
@@ -105,22 +112,47 @@ pub(crate) fn load(paths: &CheckpointPaths, dtype: DType, device: &Device) -> Re
 
     let te_dir = require_dir(model, "text_encoder")?;
     let te_cfg: umt5::Config = read_config(&te_dir.join("config.json"), "UMT5 config")?;
-    let te_vb = weights(&te_dir, paths.text_encoder.as_deref(), "--text-encoder", umt5::key_map_for, dtype, device)?;
+    let te_vb = weights(
+        &te_dir,
+        paths.text_encoder.as_deref(),
+        "--text-encoder",
+        umt5::key_map_for,
+        dtype,
+        device,
+    )?;
     let text_encoder = UMT5EncoderModel::new(&te_cfg, te_vb)?;
 
     let tr_dir = require_dir(model, "transformer")?;
-    let tr_cfg: transformer::Config = read_config(&tr_dir.join("config.json"), "Wan transformer config")?;
-    let tr_vb = weights(&tr_dir, paths.transformer.as_deref(), "--transformer", transformer_keys::key_map_for, dtype, device)?;
+    let tr_cfg: transformer::Config =
+        read_config(&tr_dir.join("config.json"), "Wan transformer config")?;
+    let tr_vb = weights(
+        &tr_dir,
+        paths.transformer.as_deref(),
+        "--transformer",
+        transformer_keys::key_map_for,
+        dtype,
+        device,
+    )?;
     let transformer = WanTransformer::new(&tr_cfg, tr_vb)?;
 
     let vae_dir = require_dir(model, "vae")?;
     let vae_cfg: vae::Config = read_config(&vae_dir.join("config.json"), "Wan VAE config")?;
-    let vae_vb = weights(&vae_dir, paths.vae.as_deref(), "--vae", vae_keys::key_map_for, dtype, device)?;
+    let vae_vb = weights(
+        &vae_dir,
+        paths.vae.as_deref(),
+        "--vae",
+        vae_keys::key_map_for,
+        dtype,
+        device,
+    )?;
     let vae = WanVae::new(&vae_cfg, vae_vb)?;
 
     let sched_path = require_dir(model, "scheduler")?.join("scheduler_config.json");
-    let scheduler_config: SchedulerConfig = read_config(&sched_path, "scheduler config")?;
-    kiln_sampling::Scheduler::from_config(&scheduler_config)
+    // Parsing through the scheduler first gives errors that name the file and field.
+    kiln_sampling::Scheduler::from_config_file(&sched_path).map_err(|e| load_err(e.to_string()))?;
+    let text = std::fs::read_to_string(&sched_path)
+        .map_err(|e| load_err(format!("{}: {e}", sched_path.display())))?;
+    let scheduler_config = SchedulerConfig::from_json(&text)
         .map_err(|e| load_err(format!("{}: {e}", sched_path.display())))?;
 
     if vae_cfg.z_dim != tr_cfg.in_channels {
@@ -137,7 +169,11 @@ pub(crate) fn load(paths: &CheckpointPaths, dtype: DType, device: &Device) -> Re
     }
     let temporal_factor = 1usize << vae_cfg.temperal_downsample.iter().filter(|&&d| d).count();
     let spatial_factor = 1usize << vae_cfg.temperal_downsample.len();
-    let patch = [tr_cfg.patch_size[0], tr_cfg.patch_size[1], tr_cfg.patch_size[2]];
+    let patch = [
+        tr_cfg.patch_size[0],
+        tr_cfg.patch_size[1],
+        tr_cfg.patch_size[2],
+    ];
     Ok(Parts {
         tokenizer,
         text_encoder,

@@ -49,7 +49,11 @@ impl From<kiln_models::LoadError> for PipelineError {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Progress {
     EncodingPrompt,
-    Denoising { step: usize, steps: usize, seconds: f64 },
+    Denoising {
+        step: usize,
+        steps: usize,
+        seconds: f64,
+    },
     Decoding,
 }
 
@@ -90,7 +94,11 @@ pub struct WanPipeline {
 
 impl WanPipeline {
     /// Loads every component, mapping weights into `dtype`.
-    pub fn load(paths: &CheckpointPaths, dtype: DType, device: &Device) -> Result<Self, PipelineError> {
+    pub fn load(
+        paths: &CheckpointPaths,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, PipelineError> {
         let parts = checkpoint::load(paths, dtype, device)?;
         Ok(Self {
             tokenizer: parts.tokenizer,
@@ -141,15 +149,21 @@ impl WanPipeline {
         let use_cfg = req.guidance_scale > 1.0;
         let cond = self.encode_prompt(&req.prompt)?.to_dtype(self.dtype)?;
         let uncond = if use_cfg {
-            Some(self.encode_prompt(&req.negative_prompt)?.to_dtype(self.dtype)?)
+            Some(
+                self.encode_prompt(&req.negative_prompt)?
+                    .to_dtype(self.dtype)?,
+            )
         } else {
             None
         };
         timings.encode_prompt = t0.elapsed().as_secs_f64();
 
         let t1 = Instant::now();
-        let mut scheduler = Scheduler::from_config(&self.scheduler_config)
-            .map_err(|e| PipelineError::Load { message: e.to_string() })?;
+        let mut scheduler = Scheduler::from_config(self.scheduler_config.clone()).map_err(|e| {
+            PipelineError::Load {
+                message: e.to_string(),
+            }
+        })?;
         scheduler.set_timesteps(req.steps);
         let shape = req.latent_shape(&self.geometry);
         let mut latents = match &req.init_latents {
@@ -172,7 +186,11 @@ impl WanPipeline {
             };
             latents = scheduler.step(&pred.to_dtype(DType::F32)?, &latents)?;
             let seconds = step_start.elapsed().as_secs_f64();
-            if !progress(Progress::Denoising { step: i + 1, steps, seconds }) {
+            if !progress(Progress::Denoising {
+                step: i + 1,
+                steps,
+                seconds,
+            }) {
                 return Err(PipelineError::Cancelled);
             }
         }

@@ -12,7 +12,12 @@ use crate::PipelineError;
 pub fn clean_prompt(text: &str) -> String {
     let once = htmlize::unescape(text);
     let twice = htmlize::unescape(once.as_ref());
-    twice.split_whitespace().collect::<Vec<_>>().join(" ")
+    // Python's `\s` is Unicode whitespace plus the separators U+001C..U+001F.
+    twice
+        .split(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A tokenizer.json set up to produce exactly `max_len` ids per prompt.
@@ -84,10 +89,14 @@ mod tests {
 
     #[test]
     fn cleaning_follows_the_reference() {
-        assert_eq!(clean_prompt("  a  red\tcircle\n\nmoves "), "a red circle moves");
+        assert_eq!(
+            clean_prompt("  a  red\tcircle\n\nmoves "),
+            "a red circle moves"
+        );
         assert_eq!(clean_prompt("cats &amp; dogs"), "cats & dogs");
         // Unescaped twice, as the reference does.
         assert_eq!(clean_prompt("cats &amp;amp; dogs"), "cats & dogs");
         assert_eq!(clean_prompt("&lt;b&gt;"), "<b>");
+        assert_eq!(clean_prompt("a&nbsp;b\u{1f}c"), "a b c");
     }
 }

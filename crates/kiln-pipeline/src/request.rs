@@ -75,7 +75,10 @@ impl GenerateRequest {
         if self.steps == 0 || self.steps > 1000 {
             return bad(format!("steps = {}, expected 1 to 1000", self.steps));
         }
-        if !self.guidance_scale.is_finite() || self.guidance_scale < 0.0 || self.guidance_scale > 50.0 {
+        if !self.guidance_scale.is_finite()
+            || self.guidance_scale < 0.0
+            || self.guidance_scale > 50.0
+        {
             return bad(format!(
                 "guidance = {}, expected a number from 0 to 50 (1 or less turns guidance off)",
                 self.guidance_scale

@@ -1,0 +1,1000 @@
+//! The Wan 2.1 3D causal VAE, as diffusers' `AutoencoderKLWan` computes it.
+//!
+//! The video is processed causally in time: the encoder sees the first frame alone and then
+//! chunks of four frames, the decoder one latent frame at a time. Every temporal convolution
+//! keeps the last [`CACHE_T`] frames of its input from the previous chunk and pads with them
+//! instead of zeros, so chunked processing equals one causal pass over the whole clip.
+//!
+//! Activations are kept frame-major, `(B, T, C, H, W)`, so that a frame range is a slice and a
+//! batch of frames is a plain conv2d batch; the public API takes and returns diffusers'
+//! `(B, C, T, H, W)`.
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+/// Frames of input each temporal convolution keeps for the next chunk (diffusers `CACHE_T`).
+pub const CACHE_T: usize = 2;
+
+/// Frames per encoder chunk after the first frame (diffusers' `_encode` loop).
+const ENCODE_CHUNK: usize = 4;
+
+/// `vae/config.json` as diffusers' `AutoencoderKLWan` writes it. Missing fields take the
+/// Wan 2.1 defaults of diffusers.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub base_dim: usize,
+    pub decoder_base_dim: Option<usize>,
+    pub z_dim: usize,
+    pub dim_mult: Vec<usize>,
+    pub num_res_blocks: usize,
+    pub attn_scales: Vec<f64>,
+    /// Spelling as in diffusers.
+    pub temperal_downsample: Vec<bool>,
+    pub dropout: f64,
+    pub latents_mean: Vec<f64>,
+    pub latents_std: Vec<f64>,
+    /// Wan 2.2: residual down/up blocks with average shortcuts.
+    pub is_residual: bool,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// Wan 2.2: pixel patchify before the encoder.
+    pub patch_size: Option<usize>,
+    pub scale_factor_temporal: Option<usize>,
+    pub scale_factor_spatial: Option<usize>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            base_dim: 96,
+            decoder_base_dim: None,
+            z_dim: 16,
+            dim_mult: vec![1, 2, 4, 4],
+            num_res_blocks: 2,
+            attn_scales: vec![],
+            temperal_downsample: vec![false, true, true],
+            dropout: 0.0,
+            latents_mean: vec![
+                -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134,
+                -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+            ],
+            latents_std: vec![
+                2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526,
+                2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+            ],
+            is_residual: false,
+            in_channels: 3,
+            out_channels: 3,
+            patch_size: None,
+            scale_factor_temporal: Some(4),
+            scale_factor_spatial: Some(8),
+        }
+    }
+}
+
+impl Config {
+    /// Refuses what this implementation does not compute, with the reason.
+    pub fn validate(&self) -> Result<()> {
+        let wan22 = self.is_residual
+            || self.patch_size.is_some_and(|p| p != 1)
+            || self.in_channels != 3
+            || self.out_channels != 3;
+        if wan22 {
+            return Err(config_error(format!(
+                "Wan 2.2 VAE is not supported yet (is_residual={}, patch_size={:?}, in_channels={}, out_channels={}); use a Wan 2.1 VAE (is_residual=false, patch_size=null, 3 channels)",
+                self.is_residual, self.patch_size, self.in_channels, self.out_channels
+            )));
+        }
+        if !self.attn_scales.is_empty() {
+            return Err(config_error(format!(
+                "attn_scales {:?} is not supported (every Wan 2.1 VAE has attn_scales=[]); use the config.json that ships with the checkpoint",
+                self.attn_scales
+            )));
+        }
+        if self.dim_mult.is_empty() || self.dim_mult.contains(&0) {
+            return Err(config_error(format!(
+                "dim_mult {:?} must be non-empty and positive",
+                self.dim_mult
+            )));
+        }
+        if self.temperal_downsample.len() + 1 < self.dim_mult.len() {
+            return Err(config_error(format!(
+                "temperal_downsample {:?} needs at least {} entries for dim_mult {:?}",
+                self.temperal_downsample,
+                self.dim_mult.len() - 1,
+                self.dim_mult
+            )));
+        }
+        if self.base_dim == 0 || self.decoder_base_dim == Some(0) || self.z_dim == 0 {
+            return Err(config_error(
+                "base_dim, decoder_base_dim and z_dim must be positive".to_string(),
+            ));
+        }
+        if self.latents_mean.len() != self.z_dim || self.latents_std.len() != self.z_dim {
+            return Err(config_error(format!(
+                "latents_mean has {} and latents_std {} entries, expected z_dim = {}",
+                self.latents_mean.len(),
+                self.latents_std.len(),
+                self.z_dim
+            )));
+        }
+        if self.latents_std.contains(&0.0) {
+            return Err(config_error("latents_std contains 0".to_string()));
+        }
+        Ok(())
+    }
+
+    /// Pixels per latent pixel along height and width.
+    pub fn spatial_compression(&self) -> usize {
+        1 << self.dim_mult.len().saturating_sub(1)
+    }
+
+    /// Frames per latent frame (after the first frame, which has its own latent frame).
+    pub fn temporal_compression(&self) -> usize {
+        let levels = self.dim_mult.len().saturating_sub(1);
+        let temporal = self.temperal_downsample.iter().take(levels);
+        1 << temporal.filter(|&&t| t).count()
+    }
+
+    fn decoder_dim(&self) -> usize {
+        self.decoder_base_dim.unwrap_or(self.base_dim)
+    }
+}
+
+fn config_error(message: String) -> candle_core::Error {
+    candle_core::Error::Msg(format!("Wan VAE config: {message}"))
+}
+
+/// What a causal layer remembers from the previous chunk.
+#[derive(Debug, Clone)]
+enum CacheSlot {
+    /// First chunk: nothing seen yet.
+    Empty,
+    /// diffusers' `"Rep"`: an upsample3d layer has passed its first chunk through without
+    /// temporal upsampling; later chunks pad with zeros as if nothing were cached.
+    Repeat,
+    /// The last frames of the layer's input, frame-major.
+    Frames(Tensor),
+}
+
+/// The per-layer caches of one encode or decode call, visited in a fixed layer order per
+/// chunk (diffusers' `feat_cache` with `feat_idx`).
+struct FeatureCache {
+    slots: Vec<CacheSlot>,
+    cursor: usize,
+}
+
+impl FeatureCache {
+    fn new() -> Self {
+        Self {
+            slots: Vec::new(),
+            cursor: 0,
+        }
+    }
+
+    fn start_chunk(&mut self) {
+        self.cursor = 0;
+    }
+
+    fn next_slot(&mut self) -> &mut CacheSlot {
+        if self.cursor == self.slots.len() {
+            self.slots.push(CacheSlot::Empty);
+        }
+        self.cursor += 1;
+        &mut self.slots[self.cursor - 1]
+    }
+}
+
+/// The last `CACHE_T` frames of `x` (frame-major); when `x` is shorter, the previous cache's
+/// last frame fills the front.
+fn frames_to_cache(x: &Tensor, previous: Option<&Tensor>) -> Result<Tensor> {
+    let t = x.dim(1)?;
+    let tail = x.narrow(1, t.saturating_sub(CACHE_T), t.min(CACHE_T))?;
+    match previous {
+        Some(prev) if tail.dim(1)? < CACHE_T => {
+            let last = prev.narrow(1, prev.dim(1)? - 1, 1)?;
+            Tensor::cat(&[&last, &tail], 1)
+        }
+        _ => Ok(tail),
+    }
+}
+
+/// `(B, T, C, H, W)` -> `(B*T, C, H, W)`.
+fn frames_as_batch(x: &Tensor) -> Result<Tensor> {
+    let (b, t, c, h, w) = x.dims5()?;
+    x.reshape((b * t, c, h, w))
+}
+
+/// conv2d over a batch of frames. candle's CPU backend has no bf16 GEMM, so there bf16
+/// operands are widened to f32 for the convolution; callers accumulate in f32 anyway.
+fn conv2d(x: &Tensor, weight: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
+    if x.dtype() == DType::BF16 && x.device().is_cpu() {
+        let x = x.to_dtype(DType::F32)?;
+        x.conv2d(&weight.to_dtype(DType::F32)?, padding, stride, 1, 1)
+    } else {
+        x.conv2d(weight, padding, stride, 1, 1)
+    }
+}
+
+/// A 2D convolution with bias applied to `(N, C, H, W)` frames (`nn.Conv2d` in diffusers).
+#[derive(Debug, Clone)]
+struct FrameConv {
+    weight: Tensor,
+    /// f32, `(1, out, 1, 1)`: added before rounding to the activation dtype.
+    bias: Tensor,
+    padding: usize,
+    stride: usize,
+}
+
+impl FrameConv {
+    fn new(
+        in_dim: usize,
+        out_dim: usize,
+        kernel: usize,
+        padding: usize,
+        stride: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim, kernel, kernel), "weight")?;
+        let bias = vb.get(out_dim, "bias")?.to_dtype(DType::F32)?;
+        Ok(Self {
+            weight,
+            bias: bias.reshape((1, out_dim, 1, 1))?,
+            padding,
+            stride,
+        })
+    }
+}
+
+impl Module for FrameConv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        conv2d(x, &self.weight, self.padding, self.stride)?
+            .to_dtype(DType::F32)?
+            .broadcast_add(&self.bias)?
+            .to_dtype(x.dtype())
+    }
+}
+
+/// A 3D convolution that is causal in time: `2 * padding_t` frames of padding all go in
+/// front, taken from the cache when one is given. Computed as a sum over the temporal taps
+/// of conv2d over batches of frames.
+#[derive(Debug, Clone)]
+struct CausalConv3d {
+    /// `weight[:, :, k]` for each temporal tap `k`, each `(out, in, kh, kw)`.
+    taps: Vec<Tensor>,
+    /// Kept in f32: the taps are summed in f32.
+    bias: Tensor,
+    stride_t: usize,
+    pad_front: usize,
+    pad_hw: usize,
+}
+
+impl CausalConv3d {
+    fn new(
+        in_dim: usize,
+        out_dim: usize,
+        kernel: (usize, usize, usize),
+        stride_t: usize,
+        padding: (usize, usize),
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let (kt, kh, kw) = kernel;
+        let weight = vb.get((out_dim, in_dim, kt, kh, kw), "weight")?;
+        let taps = (0..kt)
+            .map(|k| weight.narrow(2, k, 1)?.squeeze(2)?.contiguous())
+            .collect::<Result<Vec<_>>>()?;
+        let bias = vb.get(out_dim, "bias")?.to_dtype(DType::F32)?;
+        let (padding_t, pad_hw) = padding;
+        Ok(Self {
+            taps,
+            bias: bias.reshape((1, out_dim, 1, 1))?,
+            stride_t,
+            pad_front: 2 * padding_t,
+            pad_hw,
+        })
+    }
+
+    /// 3x3x3, padding 1: the convolution of residual blocks and heads.
+    fn cube(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Self::new(in_dim, out_dim, (3, 3, 3), 1, (1, 1), vb)
+    }
+
+    /// 1x1x1: shortcuts and the (post-)quant convolutions.
+    fn pointwise(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Self::new(in_dim, out_dim, (1, 1, 1), 1, (0, 0), vb)
+    }
+
+    /// `x`: `(B, T, C, H, W)`; `cache`: frames that precede `x`, replacing front padding.
+    fn forward(&self, x: &Tensor, cache: Option<&Tensor>) -> Result<Tensor> {
+        let mut pad = self.pad_front;
+        let x = match cache {
+            Some(cache) if self.pad_front > 0 => {
+                pad = pad.saturating_sub(cache.dim(1)?);
+                Tensor::cat(&[cache, x], 1)?
+            }
+            _ => x.clone(),
+        };
+        let x = if pad > 0 {
+            x.pad_with_zeros(1, pad, 0)?
+        } else {
+            x
+        };
+        let (b, t, c, h, w) = x.dims5()?;
+        let kt = self.taps.len();
+        if t < kt {
+            candle_core::bail!("causal conv3d: {t} frames after padding, kernel needs {kt}");
+        }
+        let t_out = (t - kt) / self.stride_t + 1;
+        let mut acc: Option<Tensor> = None;
+        for (k, tap) in self.taps.iter().enumerate() {
+            // Frames k, k + s, ..., k + s * (t_out - 1) meet tap k.
+            let frames = if self.stride_t == 1 {
+                x.narrow(1, k, t_out)?
+            } else {
+                let idx: Vec<u32> = (0..t_out).map(|i| (k + i * self.stride_t) as u32).collect();
+                x.index_select(&Tensor::new(idx, x.device())?, 1)?
+            };
+            let frames = frames.reshape((b * t_out, c, h, w))?;
+            let y = conv2d(&frames, tap, self.pad_hw, 1)?.to_dtype(DType::F32)?;
+            acc = Some(match acc {
+                Some(a) => (a + y)?,
+                None => y,
+            });
+        }
+        let y = match acc {
+            Some(y) => y.broadcast_add(&self.bias)?.to_dtype(x.dtype())?,
+            None => candle_core::bail!("causal conv3d without temporal taps"),
+        };
+        let (_, o, ho, wo) = y.dims4()?;
+        y.reshape((b, t_out, o, ho, wo))
+    }
+
+    /// The usual cached call: pad with the cached frames, then remember this input's tail.
+    fn forward_cached(&self, x: &Tensor, slot: &mut CacheSlot) -> Result<Tensor> {
+        let previous = match slot {
+            CacheSlot::Frames(t) => Some(t.clone()),
+            _ => None,
+        };
+        let next = frames_to_cache(x, previous.as_ref())?;
+        let y = self.forward(x, previous.as_ref())?;
+        *slot = CacheSlot::Frames(next);
+        Ok(y)
+    }
+}
+
+/// diffusers' `WanRMS_norm`: `F.normalize(x, dim=channels) * sqrt(C) * gamma`, normalised in
+/// f32. Works on `(..., C, H, W)`.
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    /// `sqrt(C) * gamma`, f32, `(C, 1, 1)`.
+    scale: Tensor,
+}
+
+impl RmsNorm {
+    /// `images`: the gamma is stored as `(C, 1, 1)` (attention) rather than `(C, 1, 1, 1)`.
+    fn new(dim: usize, images: bool, vb: VarBuilder) -> Result<Self> {
+        let gamma = if images {
+            vb.get((dim, 1, 1), "gamma")?
+        } else {
+            vb.get((dim, 1, 1, 1), "gamma")?
+        };
+        let scale = (gamma.to_dtype(DType::F32)?.reshape((dim, 1, 1))? * (dim as f64).sqrt())?;
+        Ok(Self { scale })
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let channels = x.rank() - 3;
+        let x32 = x.to_dtype(DType::F32)?;
+        // F.normalize divides by max(||x||, 1e-12).
+        let norm = x32.sqr()?.sum_keepdim(channels)?.sqrt()?.maximum(1e-12)?;
+        x32.broadcast_div(&norm)?
+            .broadcast_mul(&self.scale)?
+            .to_dtype(x.dtype())
+    }
+}
+
+/// diffusers' `WanResidualBlock`: two RMS-norm, SiLU, causal-conv stages plus a shortcut.
+#[derive(Debug, Clone)]
+struct ResidualBlock {
+    norm1: RmsNorm,
+    conv1: CausalConv3d,
+    norm2: RmsNorm,
+    conv2: CausalConv3d,
+    conv_shortcut: Option<CausalConv3d>,
+}
+
+impl ResidualBlock {
+    fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        let conv_shortcut = if in_dim != out_dim {
+            Some(CausalConv3d::pointwise(
+                in_dim,
+                out_dim,
+                vb.pp("conv_shortcut"),
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            norm1: RmsNorm::new(in_dim, false, vb.pp("norm1"))?,
+            conv1: CausalConv3d::cube(in_dim, out_dim, vb.pp("conv1"))?,
+            norm2: RmsNorm::new(out_dim, false, vb.pp("norm2"))?,
+            conv2: CausalConv3d::cube(out_dim, out_dim, vb.pp("conv2"))?,
+            conv_shortcut,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cache: &mut FeatureCache) -> Result<Tensor> {
+        let shortcut = match &self.conv_shortcut {
+            Some(conv) => conv.forward(x, None)?,
+            None => x.clone(),
+        };
+        let h = self.norm1.forward(x)?.silu()?;
+        let h = self.conv1.forward_cached(&h, cache.next_slot())?;
+        let h = self.norm2.forward(&h)?.silu()?;
+        // Dropout is the identity at inference.
+        let h = self.conv2.forward_cached(&h, cache.next_slot())?;
+        h + shortcut
+    }
+}
+
+/// diffusers' `WanAttentionBlock`: single-head self-attention over the pixels of each frame.
+#[derive(Debug, Clone)]
+struct AttentionBlock {
+    norm: RmsNorm,
+    to_qkv: FrameConv,
+    proj: FrameConv,
+}
+
+impl AttentionBlock {
+    fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm: RmsNorm::new(dim, true, vb.pp("norm"))?,
+            to_qkv: FrameConv::new(dim, 3 * dim, 1, 0, 1, vb.pp("to_qkv"))?,
+            proj: FrameConv::new(dim, dim, 1, 0, 1, vb.pp("proj"))?,
+        })
+    }
+}
+
+impl Module for AttentionBlock {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, c, h, w) = x.dims5()?;
+        let frames = frames_as_batch(x)?;
+        let qkv = self.to_qkv.forward(&self.norm.forward(&frames)?)?;
+        // (N, 3C, HW) -> (N, HW, 3C): one token per pixel, q|k|v along channels.
+        let qkv = qkv.reshape((b * t, 3 * c, h * w))?.transpose(1, 2)?;
+        let q = qkv.narrow(2, 0, c)?.contiguous()?;
+        let k = qkv.narrow(2, c, c)?.contiguous()?;
+        let v = qkv.narrow(2, 2 * c, c)?.contiguous()?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (c as f64).sqrt()))?;
+        let weights =
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+        let out = weights.matmul(&v)?; // (N, HW, C)
+        let out = out.transpose(1, 2)?.reshape((b * t, c, h, w))?;
+        let out = self.proj.forward(&out)?;
+        out.reshape((b, t, c, h, w))? + x
+    }
+}
+
+/// diffusers' `WanMidBlock` with one attention layer: resnet, attention, resnet.
+#[derive(Debug, Clone)]
+struct MidBlock {
+    resnets: [ResidualBlock; 2],
+    attention: AttentionBlock,
+}
+
+impl MidBlock {
+    fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            resnets: [
+                ResidualBlock::new(dim, dim, vb.pp("resnets.0"))?,
+                ResidualBlock::new(dim, dim, vb.pp("resnets.1"))?,
+            ],
+            attention: AttentionBlock::new(dim, vb.pp("attentions.0"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cache: &mut FeatureCache) -> Result<Tensor> {
+        let x = self.resnets[0].forward(x, cache)?;
+        let x = self.attention.forward(&x)?;
+        self.resnets[1].forward(&x, cache)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResampleMode {
+    Upsample2d,
+    Upsample3d,
+    Downsample2d,
+    Downsample3d,
+}
+
+/// diffusers' `WanResample`: 2x spatial resampling per frame, with a temporal convolution in
+/// the 3d modes (upsample3d doubles the frames, downsample3d halves them).
+#[derive(Debug, Clone)]
+struct Resample {
+    mode: ResampleMode,
+    /// `resample.1`: 3x3, padding 1 when upsampling; stride 2 after a right/bottom zero pad
+    /// when downsampling.
+    conv: FrameConv,
+    time_conv: Option<CausalConv3d>,
+}
+
+impl Resample {
+    fn new(dim: usize, mode: ResampleMode, vb: VarBuilder) -> Result<Self> {
+        let (conv, time_conv) = match mode {
+            ResampleMode::Upsample2d | ResampleMode::Upsample3d => {
+                let conv = FrameConv::new(dim, dim / 2, 3, 1, 1, vb.pp("resample.1"))?;
+                let time_conv = if mode == ResampleMode::Upsample3d {
+                    let tc = vb.pp("time_conv");
+                    Some(CausalConv3d::new(dim, 2 * dim, (3, 1, 1), 1, (1, 0), tc)?)
+                } else {
+                    None
+                };
+                (conv, time_conv)
+            }
+            ResampleMode::Downsample2d | ResampleMode::Downsample3d => {
+                let conv = FrameConv::new(dim, dim, 3, 0, 2, vb.pp("resample.1"))?;
+                let time_conv = if mode == ResampleMode::Downsample3d {
+                    let tc = vb.pp("time_conv");
+                    Some(CausalConv3d::new(dim, dim, (3, 1, 1), 2, (0, 0), tc)?)
+                } else {
+                    None
+                };
+                (conv, time_conv)
+            }
+        };
+        Ok(Self {
+            mode,
+            conv,
+            time_conv,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cache: &mut FeatureCache) -> Result<Tensor> {
+        let mut x = x.clone();
+        if let (ResampleMode::Upsample3d, Some(time_conv)) = (self.mode, &self.time_conv) {
+            x = upsample_time(time_conv, &x, cache.next_slot())?;
+        }
+        let (b, t, c, h, w) = x.dims5()?;
+        let frames = x.reshape((b * t, c, h, w))?;
+        let frames = match self.mode {
+            ResampleMode::Upsample2d | ResampleMode::Upsample3d => {
+                // nearest-exact at scale 2 repeats each pixel 2x2.
+                self.conv
+                    .forward(&frames.upsample_nearest2d(2 * h, 2 * w)?)?
+            }
+            ResampleMode::Downsample2d | ResampleMode::Downsample3d => {
+                let padded = frames.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?;
+                self.conv.forward(&padded)?
+            }
+        };
+        let (_, c, h, w) = frames.dims4()?;
+        let x = frames.reshape((b, t, c, h, w))?;
+        match (self.mode, &self.time_conv) {
+            (ResampleMode::Downsample3d, Some(time_conv)) => {
+                downsample_time(time_conv, &x, cache.next_slot())
+            }
+            _ => Ok(x),
+        }
+    }
+}
+
+/// upsample3d's temporal step. The first chunk passes through unchanged; later chunks go
+/// through the causal time conv, whose `2C` output channels are two frames per input frame.
+fn upsample_time(time_conv: &CausalConv3d, x: &Tensor, slot: &mut CacheSlot) -> Result<Tensor> {
+    let (b, t, c, h, w) = x.dims5()?;
+    let (previous, next) = match slot {
+        CacheSlot::Empty => {
+            *slot = CacheSlot::Repeat;
+            return Ok(x.clone());
+        }
+        CacheSlot::Repeat => {
+            let mut next = frames_to_cache(x, None)?;
+            if next.dim(1)? < CACHE_T {
+                next = Tensor::cat(&[&next.zeros_like()?, &next], 1)?;
+            }
+            (None, next)
+        }
+        CacheSlot::Frames(prev) => {
+            let next = frames_to_cache(x, Some(prev))?;
+            (Some(prev.clone()), next)
+        }
+    };
+    let y = time_conv.forward(x, previous.as_ref())?;
+    *slot = CacheSlot::Frames(next);
+    // (B, T, 2C, H, W) -> (B, T, 2, C, H, W) -> (B, 2T, C, H, W): frame 2i+s is half s of i.
+    y.reshape((b, 2 * t, c, h, w))
+}
+
+/// downsample3d's temporal step. The first chunk is only remembered; later chunks are
+/// convolved (kernel 3, stride 2) with the previous chunk's last frame in front.
+fn downsample_time(time_conv: &CausalConv3d, x: &Tensor, slot: &mut CacheSlot) -> Result<Tensor> {
+    let t = x.dim(1)?;
+    match slot {
+        CacheSlot::Frames(prev) => {
+            let last = prev.narrow(1, prev.dim(1)? - 1, 1)?;
+            let y = time_conv.forward(&Tensor::cat(&[&last, x], 1)?, None)?;
+            *slot = CacheSlot::Frames(x.narrow(1, t - 1, 1)?);
+            Ok(y)
+        }
+        _ => {
+            *slot = CacheSlot::Frames(x.clone());
+            Ok(x.clone())
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum DownLayer {
+    Residual(ResidualBlock),
+    Resample(Resample),
+}
+
+/// diffusers' `WanEncoder3d` (Wan 2.1 layout: a flat list of residual and resample layers).
+#[derive(Debug, Clone)]
+struct Encoder {
+    conv_in: CausalConv3d,
+    down_blocks: Vec<DownLayer>,
+    mid_block: MidBlock,
+    norm_out: RmsNorm,
+    conv_out: CausalConv3d,
+}
+
+impl Encoder {
+    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let dim = cfg.base_dim;
+        let dims: Vec<usize> = std::iter::once(1)
+            .chain(cfg.dim_mult.iter().copied())
+            .map(|m| dim * m)
+            .collect();
+        let conv_in = CausalConv3d::cube(cfg.in_channels, dims[0], vb.pp("conv_in"))?;
+        let levels = cfg.dim_mult.len();
+        let mut down_blocks = Vec::new();
+        let vb_down = vb.pp("down_blocks");
+        for i in 0..levels {
+            let mut in_dim = dims[i];
+            let out_dim = dims[i + 1];
+            for _ in 0..cfg.num_res_blocks {
+                let vb = vb_down.pp(down_blocks.len());
+                down_blocks.push(DownLayer::Residual(ResidualBlock::new(
+                    in_dim, out_dim, vb,
+                )?));
+                in_dim = out_dim;
+            }
+            if i != levels - 1 {
+                let mode = if cfg.temperal_downsample[i] {
+                    ResampleMode::Downsample3d
+                } else {
+                    ResampleMode::Downsample2d
+                };
+                let vb = vb_down.pp(down_blocks.len());
+                down_blocks.push(DownLayer::Resample(Resample::new(out_dim, mode, vb)?));
+            }
+        }
+        let out_dim = dims[levels];
+        Ok(Self {
+            conv_in,
+            down_blocks,
+            mid_block: MidBlock::new(out_dim, vb.pp("mid_block"))?,
+            norm_out: RmsNorm::new(out_dim, false, vb.pp("norm_out"))?,
+            conv_out: CausalConv3d::cube(out_dim, 2 * cfg.z_dim, vb.pp("conv_out"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cache: &mut FeatureCache) -> Result<Tensor> {
+        let mut x = self.conv_in.forward_cached(x, cache.next_slot())?;
+        for layer in &self.down_blocks {
+            x = match layer {
+                DownLayer::Residual(block) => block.forward(&x, cache)?,
+                DownLayer::Resample(resample) => resample.forward(&x, cache)?,
+            };
+        }
+        let x = self.mid_block.forward(&x, cache)?;
+        let x = self.norm_out.forward(&x)?.silu()?;
+        self.conv_out.forward_cached(&x, cache.next_slot())
+    }
+}
+
+/// diffusers' `WanUpBlock`: `num_res_blocks + 1` residual blocks, then an optional resample.
+#[derive(Debug, Clone)]
+struct UpBlock {
+    resnets: Vec<ResidualBlock>,
+    upsampler: Option<Resample>,
+}
+
+impl UpBlock {
+    fn forward(&self, x: &Tensor, cache: &mut FeatureCache) -> Result<Tensor> {
+        let mut x = x.clone();
+        for resnet in &self.resnets {
+            x = resnet.forward(&x, cache)?;
+        }
+        match &self.upsampler {
+            Some(up) => up.forward(&x, cache),
+            None => Ok(x),
+        }
+    }
+}
+
+/// diffusers' `WanDecoder3d` (Wan 2.1 layout).
+#[derive(Debug, Clone)]
+struct Decoder {
+    conv_in: CausalConv3d,
+    mid_block: MidBlock,
+    up_blocks: Vec<UpBlock>,
+    norm_out: RmsNorm,
+    conv_out: CausalConv3d,
+}
+
+impl Decoder {
+    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let dim = cfg.decoder_dim();
+        let levels = cfg.dim_mult.len();
+        let dims: Vec<usize> = std::iter::once(cfg.dim_mult[levels - 1])
+            .chain(cfg.dim_mult.iter().rev().copied())
+            .map(|m| dim * m)
+            .collect();
+        // diffusers reverses the encoder's list: temperal_upsample = temperal_downsample[::-1].
+        let temperal_upsample: Vec<bool> = cfg.temperal_downsample.iter().rev().copied().collect();
+        let conv_in = CausalConv3d::cube(cfg.z_dim, dims[0], vb.pp("conv_in"))?;
+        let mid_block = MidBlock::new(dims[0], vb.pp("mid_block"))?;
+        let mut up_blocks = Vec::with_capacity(levels);
+        for i in 0..levels {
+            // Every block after the first receives the previous upsampler's dim / 2 channels.
+            let mut in_dim = if i > 0 { dims[i] / 2 } else { dims[i] };
+            let out_dim = dims[i + 1];
+            let vb = vb.pp("up_blocks").pp(i);
+            let mut resnets = Vec::with_capacity(cfg.num_res_blocks + 1);
+            for j in 0..=cfg.num_res_blocks {
+                resnets.push(ResidualBlock::new(in_dim, out_dim, vb.pp("resnets").pp(j))?);
+                in_dim = out_dim;
+            }
+            let upsampler = if i != levels - 1 {
+                let mode = if temperal_upsample[i] {
+                    ResampleMode::Upsample3d
+                } else {
+                    ResampleMode::Upsample2d
+                };
+                Some(Resample::new(out_dim, mode, vb.pp("upsamplers.0"))?)
+            } else {
+                None
+            };
+            up_blocks.push(UpBlock { resnets, upsampler });
+        }
+        let out_dim = dims[levels];
+        Ok(Self {
+            conv_in,
+            mid_block,
+            up_blocks,
+            norm_out: RmsNorm::new(out_dim, false, vb.pp("norm_out"))?,
+            conv_out: CausalConv3d::cube(out_dim, cfg.out_channels, vb.pp("conv_out"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cache: &mut FeatureCache) -> Result<Tensor> {
+        let x = self.conv_in.forward_cached(x, cache.next_slot())?;
+        let mut x = self.mid_block.forward(&x, cache)?;
+        for block in &self.up_blocks {
+            x = block.forward(&x, cache)?;
+        }
+        let x = self.norm_out.forward(&x)?.silu()?;
+        self.conv_out.forward_cached(&x, cache.next_slot())
+    }
+}
+
+/// The Wan 2.1 VAE (diffusers `AutoencoderKLWan` with `is_residual=false`).
+#[derive(Debug, Clone)]
+pub struct WanVae {
+    encoder: Encoder,
+    quant_conv: CausalConv3d,
+    post_quant_conv: CausalConv3d,
+    decoder: Decoder,
+    config: Config,
+    dtype: DType,
+}
+
+impl WanVae {
+    /// Builds the VAE from diffusers-layout weights (`encoder.*`, `decoder.*`, `quant_conv`,
+    /// `post_quant_conv`), converted to the VarBuilder's dtype.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let z = cfg.z_dim;
+        Ok(Self {
+            encoder: Encoder::new(cfg, vb.pp("encoder"))?,
+            quant_conv: CausalConv3d::pointwise(2 * z, 2 * z, vb.pp("quant_conv"))?,
+            post_quant_conv: CausalConv3d::pointwise(z, z, vb.pp("post_quant_conv"))?,
+            decoder: Decoder::new(cfg, vb.pp("decoder"))?,
+            config: cfg.clone(),
+            dtype: vb.dtype(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The dtype of the weights; `encode` and `decode` compute and return in it.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// `video`: `(B, 3, F, H, W)` in `[-1, 1]`. Returns the posterior mean
+    /// `(B, z, 1 + (F - 1) / 4, H / 8, W / 8)`, not normalised. As in diffusers, frames past
+    /// the last whole chunk of four are ignored.
+    pub fn encode(&self, video: &Tensor) -> Result<Tensor> {
+        let (_, c, f, _, _) = video.dims5()?;
+        if c != self.config.in_channels || f == 0 {
+            candle_core::bail!(
+                "Wan VAE encode: expected (B, {}, F>=1, H, W), got {:?}",
+                self.config.in_channels,
+                video.dims()
+            );
+        }
+        let x = video
+            .to_dtype(self.dtype)?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()?;
+        let chunks = 1 + (f - 1) / ENCODE_CHUNK;
+        let unused = (f - 1) % ENCODE_CHUNK;
+        if unused > 0 {
+            tracing::warn!(
+                "Wan VAE encode: {f} frames is not 1 + 4k; the last {unused} are ignored"
+            );
+        }
+        let mut cache = FeatureCache::new();
+        let mut out = Vec::with_capacity(chunks);
+        for i in 0..chunks {
+            let chunk = if i == 0 {
+                x.narrow(1, 0, 1)?
+            } else {
+                x.narrow(1, 1 + ENCODE_CHUNK * (i - 1), ENCODE_CHUNK)?
+            };
+            cache.start_chunk();
+            out.push(self.encoder.forward(&chunk, &mut cache)?);
+        }
+        let moments = self.quant_conv.forward(&Tensor::cat(&out, 1)?, None)?;
+        // The first z channels are the mean, the rest the log-variance.
+        moments
+            .narrow(2, 0, self.config.z_dim)?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()
+    }
+
+    /// `z`: `(B, z, F', h, w)`, not normalised. Returns `(B, 3, 1 + 4 (F' - 1), 8h, 8w)`
+    /// clamped to `[-1, 1]`, decoding one latent frame at a time as diffusers does.
+    pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
+        let (_, c, f, _, _) = z.dims5()?;
+        if c != self.config.z_dim || f == 0 {
+            candle_core::bail!(
+                "Wan VAE decode: expected (B, {}, F'>=1, h, w) latents, got {:?}",
+                self.config.z_dim,
+                z.dims()
+            );
+        }
+        let z = z
+            .to_dtype(self.dtype)?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()?;
+        let x = self.post_quant_conv.forward(&z, None)?;
+        let mut cache = FeatureCache::new();
+        let mut out = Vec::with_capacity(f);
+        for i in 0..f {
+            cache.start_chunk();
+            out.push(self.decoder.forward(&x.narrow(1, i, 1)?, &mut cache)?);
+        }
+        Tensor::cat(&out, 1)?
+            .clamp(-1f32, 1f32)?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()
+    }
+
+    pub fn latents_mean(&self) -> Vec<f64> {
+        self.config.latents_mean.clone()
+    }
+
+    pub fn latents_std(&self) -> Vec<f64> {
+        self.config.latents_std.clone()
+    }
+
+    /// `(mean, 1 / std)` as `(1, z, 1, 1, 1)` tensors in `like`'s dtype, as the pipelines
+    /// build them (the reciprocal taken in f32).
+    fn mean_and_inv_std(&self, like: &Tensor) -> Result<(Tensor, Tensor)> {
+        let z = self.config.z_dim;
+        let mean: Vec<f32> = self.config.latents_mean.iter().map(|&m| m as f32).collect();
+        let inv: Vec<f32> = self
+            .config
+            .latents_std
+            .iter()
+            .map(|&s| 1.0 / s as f32)
+            .collect();
+        let shape = (1, z, 1, 1, 1);
+        let mean = Tensor::from_vec(mean, shape, like.device())?.to_dtype(like.dtype())?;
+        let inv = Tensor::from_vec(inv, shape, like.device())?.to_dtype(like.dtype())?;
+        Ok((mean, inv))
+    }
+
+    /// Encoder latents to the transformer's scale: `(z - mean) * (1 / std)`, as the i2v
+    /// pipeline normalises its conditioning.
+    pub fn normalize(&self, z: &Tensor) -> Result<Tensor> {
+        let (mean, inv) = self.mean_and_inv_std(z)?;
+        z.broadcast_sub(&mean)?.broadcast_mul(&inv)
+    }
+
+    /// Transformer latents back to the decoder's scale: `z / (1 / std) + mean`, as
+    /// `WanPipeline` does before `vae.decode`.
+    pub fn denormalize(&self, z: &Tensor) -> Result<Tensor> {
+        let (mean, inv) = self.mean_and_inv_std(z)?;
+        z.broadcast_div(&inv)?.broadcast_add(&mean)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_are_wan21() {
+        let cfg: Config = serde_json::from_str(r#"{"_class_name": "AutoencoderKLWan"}"#).unwrap();
+        assert_eq!(cfg, Config::default());
+        cfg.validate().unwrap();
+        assert_eq!(cfg.spatial_compression(), 8);
+        assert_eq!(cfg.temporal_compression(), 4);
+    }
+
+    #[test]
+    fn wan22_config_is_refused() {
+        let cfg: Config = serde_json::from_str(
+            r#"{"base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "is_residual": true,
+                "in_channels": 12, "out_channels": 12, "patch_size": 2,
+                "latents_mean": [], "latents_std": []}"#,
+        )
+        .unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("Wan 2.2 VAE is not supported yet"), "{err}");
+    }
+
+    #[test]
+    fn normalize_inverts_denormalize() -> Result<()> {
+        let cfg = Config {
+            base_dim: 4,
+            z_dim: 2,
+            dim_mult: vec![1],
+            num_res_blocks: 1,
+            latents_mean: vec![0.5, -1.0],
+            latents_std: vec![2.0, 0.25],
+            ..Config::default()
+        };
+        let vb = VarBuilder::zeros(DType::F32, &candle_core::Device::Cpu);
+        let vae = WanVae::new(&cfg, vb)?;
+        let z = Tensor::new(&[1f32, 2.0], &candle_core::Device::Cpu)?.reshape((1, 2, 1, 1, 1))?;
+        let n = vae.normalize(&z)?;
+        assert_eq!(n.flatten_all()?.to_vec1::<f32>()?, vec![0.25, 12.0]);
+        let back = vae.denormalize(&n)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(back, vec![1.0, 2.0]);
+        Ok(())
+    }
+
+    #[test]
+    fn decode_frame_counts_follow_the_causal_chunks() -> Result<()> {
+        let cfg = Config {
+            base_dim: 4,
+            z_dim: 2,
+            dim_mult: vec![1, 1, 1],
+            num_res_blocks: 1,
+            temperal_downsample: vec![true, true],
+            latents_mean: vec![0.0; 2],
+            latents_std: vec![1.0; 2],
+            ..Config::default()
+        };
+        let dev = candle_core::Device::Cpu;
+        let vae = WanVae::new(&cfg, VarBuilder::zeros(DType::F32, &dev))?;
+        let z = Tensor::zeros((1, 2, 3, 2, 2), DType::F32, &dev)?;
+        assert_eq!(vae.decode(&z)?.dims(), &[1, 3, 9, 8, 8]);
+        let video = Tensor::zeros((1, 3, 9, 8, 8), DType::F32, &dev)?;
+        assert_eq!(vae.encode(&video)?.dims(), &[1, 2, 3, 2, 2]);
+        Ok(())
+    }
+}
