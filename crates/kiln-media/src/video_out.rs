@@ -1,0 +1,1 @@
+//! Video output (in progress).
