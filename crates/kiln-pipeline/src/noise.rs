@@ -76,7 +76,7 @@ pub fn torch_randn(seed: u64, shape: impl Into<Shape>, device: &Device) -> Resul
         for start in (0..n - 15).step_by(16) {
             normal_fill_16(&mut data[start..start + 16]);
         }
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             // torch redraws the last 16 values when the size is not a multiple of 16.
             let tail = &mut data[n - 16..];
             for v in tail.iter_mut() {

@@ -53,7 +53,7 @@ impl GenerateRequest {
             ));
         }
         let tf = g.temporal_factor;
-        if self.num_frames == 0 || (self.num_frames - 1) % tf != 0 {
+        if self.num_frames == 0 || !(self.num_frames - 1).is_multiple_of(tf) {
             let lower = self.num_frames.saturating_sub(1) / tf * tf + 1;
             return bad(format!(
                 "frames = {}, but the frame count must be of the form {tf}n+1; use {} or {}",
@@ -64,7 +64,7 @@ impl GenerateRequest {
         }
         let m = g.spatial_factor * g.patch[1].max(g.patch[2]);
         for (name, v) in [("width", self.width), ("height", self.height)] {
-            if v == 0 || v % m != 0 {
+            if v == 0 || !v.is_multiple_of(m) {
                 let lower = (v / m * m).max(m);
                 return bad(format!(
                     "{name} = {v}, but sizes must be positive multiples of {m}; use {lower} or {}",
