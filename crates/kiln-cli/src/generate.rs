@@ -7,6 +7,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use kiln_media::video_out::{
+    clip_frame, encode_poster_jpeg, write_atomically, write_video_file, EncodeOptions, VideoFormat,
+};
 use kiln_pipeline::{
     CheckpointPaths, GenerateRequest, Progress, WanPipeline, DEFAULT_NEGATIVE_PROMPT,
 };
@@ -75,9 +78,21 @@ pub struct GenerateArgs {
     seed: Option<u64>,
     #[arg(long, value_enum, default_value = "f32")]
     dtype: ComputeDtype,
-    /// Video file to write (.y4m for now).
+    /// Video file to write: .mp4 or .mov (H.264), .webm (AV1), or .y4m (uncompressed).
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Container when the file name does not say: mp4, mov, webm.
+    #[arg(long)]
+    format: Option<String>,
+    /// Encoder quality from 20 (smallest file) to 99 (best picture).
+    #[arg(long, default_value_t = 95)]
+    quality: u8,
+    /// JPEG poster of the clip [default: beside --output, with a .jpg extension].
+    #[arg(long)]
+    poster: Option<PathBuf>,
+    /// Which frame the poster shows (0 = first).
+    #[arg(long, default_value_t = 0)]
+    poster_frame: usize,
     /// safetensors file with tensor `latents` (1, C, (F-1)/4+1, H/8, W/8), f32, used instead of seeded noise.
     #[arg(long)]
     init_latents: Option<PathBuf>,
@@ -146,23 +161,56 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn check_output_path(path: &std::path::Path) -> Result<()> {
-    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-        Some("y4m") => Ok(()),
-        Some(ext @ ("mp4" | "mov" | "webm")) => bail!(
-            "--output {}: .{ext} encoding is not built yet; write .y4m (ffmpeg -i out.y4m out.{ext} converts it) or use --output-tensor",
-            path.display()
-        ),
-        _ => bail!("--output {}: unknown video format; use a .y4m file name", path.display()),
+/// What `--output` will be written as: a container via kiln-media, or raw .y4m.
+enum OutputKind {
+    Encoded(VideoFormat),
+    Y4m,
+}
+
+fn output_kind(path: &std::path::Path, format: Option<&str>) -> Result<OutputKind> {
+    if let Some(name) = format {
+        return Ok(OutputKind::Encoded(VideoFormat::from_name(name)?));
     }
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("y4m") => Ok(OutputKind::Y4m),
+        _ => Ok(OutputKind::Encoded(VideoFormat::from_path(path)?)),
+    }
+}
+
+/// (F, H, W, 3) floats in [0, 1] → RGB8, rounding as image libraries do.
+fn to_rgb8(video: &[f32]) -> Vec<u8> {
+    video
+        .iter()
+        .map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
+        .collect()
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     let num_frames = frames_for(&args)?;
     let (width, height) = size_for(&args);
     let guidance_scale = guidance_for(&args)?;
-    if let Some(out) = &args.output {
-        check_output_path(out)?;
+    let output_kind = args
+        .output
+        .as_deref()
+        .map(|p| output_kind(p, args.format.as_deref()))
+        .transpose()?;
+    if args.output.is_some() && args.poster_frame >= num_frames {
+        bail!(
+            "--poster-frame {}: the clip has {num_frames} frames; pick 0-{}",
+            args.poster_frame,
+            num_frames.saturating_sub(1)
+        );
+    }
+    if !(20..=99).contains(&args.quality) {
+        bail!(
+            "--quality {}: expected 20 to 99 (95 is the default)",
+            args.quality
+        );
     }
     let seed = args.seed.unwrap_or_else(|| {
         let nanos = std::time::SystemTime::now()
@@ -247,10 +295,29 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             .save_safetensors("video", path)
             .with_context(|| format!("{}: cannot write the tensor file", path.display()))?;
     }
-    if let Some(path) = &args.output {
+    let mut poster_path = None;
+    if let (Some(path), Some(kind)) = (&args.output, &output_kind) {
         let data: Vec<f32> = generated.video.flatten_all()?.to_vec1()?;
-        crate::y4m::write(path, &data, f, h, w, FPS)
-            .with_context(|| format!("{}: cannot write the video", path.display()))?;
+        match kind {
+            OutputKind::Y4m => crate::y4m::write(path, &data, f, h, w, FPS)
+                .with_context(|| format!("{}: cannot write the video", path.display()))?,
+            OutputKind::Encoded(format) => {
+                let rgb = to_rgb8(&data);
+                let opts = EncodeOptions {
+                    format: *format,
+                    fps: FPS,
+                    quality: args.quality,
+                };
+                write_video_file(path, &rgb, f, w, h, &opts)?;
+                let poster = args
+                    .poster
+                    .clone()
+                    .unwrap_or_else(|| path.with_extension("jpg"));
+                let frame = clip_frame(&rgb, f, w, h, args.poster_frame)?;
+                write_atomically(&poster, &encode_poster_jpeg(frame, w, h, 90)?)?;
+                poster_path = Some(poster);
+            }
+        }
     }
     let summary = serde_json::json!({
         "seed": seed,
@@ -271,6 +338,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         },
         "peak_rss_bytes": peak_rss_bytes(),
         "output": args.output,
+        "poster": poster_path,
         "output_tensor": args.output_tensor,
     });
     if args.json {

@@ -255,7 +255,11 @@ fn bad_request_values_name_the_fix() {
     let e = fails(&tiny_args(&m, &["--cfg-scale", "1.5"]));
     assert!(e.contains("cfg-scale") && e.contains("1.5"), "{e}");
     let e = fails(&tiny_args(&m, &["--output", "clip.avi"]));
-    assert!(e.contains("clip.avi") && e.contains(".y4m"), "{e}");
+    assert!(e.contains("clip.avi") && e.contains(".mp4"), "{e}");
+    let e = fails(&tiny_args(&m, &["--output", "clip.mp4", "--quality", "10"]));
+    assert!(e.contains("--quality 10") && e.contains("20 to 99"), "{e}");
+    let e = fails(&tiny_args(&m, &["--output", "clip.bin", "--format", "avi"]));
+    assert!(e.contains("avi") && e.contains("mp4, mov or webm"), "{e}");
 }
 
 #[test]
@@ -366,4 +370,74 @@ fn broken_checkpoints_name_the_file_and_key() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn generate_writes_each_container_and_a_poster() {
+    let dir = scratch("containers");
+    let m = model("tiny_cfg");
+    for (name, magic_at_4) in [
+        ("clip.mp4", &b"ftyp"[..]),
+        ("clip.mov", &b"ftyp"[..]),
+        ("clip.webm", &b""[..]),
+    ] {
+        let path = dir.join(name);
+        let out = kiln(&tiny_args(
+            &m,
+            &[
+                "--seed",
+                "3",
+                "--output",
+                path.to_str().unwrap(),
+                "--quality",
+                "80",
+            ],
+        ));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bytes = std::fs::read(&path).unwrap();
+        if magic_at_4.is_empty() {
+            // EBML header of a Matroska/WebM file.
+            assert_eq!(&bytes[..4], &[0x1a, 0x45, 0xdf, 0xa3], "{name}");
+        } else {
+            assert_eq!(&bytes[4..8], magic_at_4, "{name}");
+        }
+        let poster = std::fs::read(path.with_extension("jpg")).unwrap();
+        assert_eq!(
+            &poster[..3],
+            &[0xff, 0xd8, 0xff],
+            "{name}: poster is a JPEG"
+        );
+    }
+    let poster = dir.join("cover.jpg");
+    let out = kiln(&tiny_args(
+        &m,
+        &[
+            "--output",
+            dir.join("p.mp4").to_str().unwrap(),
+            "--poster",
+            poster.to_str().unwrap(),
+            "--poster-frame",
+            "4",
+        ],
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(poster.is_file());
+    let e = fails(&tiny_args(
+        &m,
+        &[
+            "--output",
+            dir.join("q.mp4").to_str().unwrap(),
+            "--poster-frame",
+            "5",
+        ],
+    ));
+    assert!(e.contains("--poster-frame 5") && e.contains("0-4"), "{e}");
 }
