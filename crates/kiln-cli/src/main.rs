@@ -2,6 +2,7 @@
 //! library could own lives in that library, not here.
 
 mod generate;
+mod train;
 mod y4m;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,8 @@ struct Cli {
 enum Command {
     /// Generate a video from a text prompt.
     Generate(Box<generate::GenerateArgs>),
+    /// Train the bundled model (stage vae, then dit).
+    Train(Box<train::TrainArgs>),
 }
 
 fn main() {
@@ -34,6 +37,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(*args),
+        Command::Train(args) => train::run(*args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

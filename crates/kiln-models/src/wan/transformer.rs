@@ -46,6 +46,10 @@ pub struct Config {
     pub rope_max_seq_len: usize,
     /// Learned image position embedding of the first-last-frame models.
     pub pos_embed_seq_len: Option<usize>,
+    /// kiln addition (not in diffusers): width of the camera-control vector fed to
+    /// `condition_embedder.camera_embedder`, whose output is added to the time embedding.
+    /// `null` (every downloaded checkpoint) builds no embedder. See docs/bundled-model.md.
+    pub camera_dim: Option<usize>,
 }
 
 impl Default for Config {
@@ -67,6 +71,7 @@ impl Default for Config {
             added_kv_proj_dim: None,
             rope_max_seq_len: 1024,
             pos_embed_seq_len: None,
+            camera_dim: None,
         }
     }
 }
@@ -153,7 +158,7 @@ fn attention_in_blocks(q: &Tensor, k: &Tensor, v: &Tensor, score_budget: usize) 
         let len = block.min(lq - start);
         let q_blk = q.narrow(2, start, len)?;
         let scores = (q_blk.matmul(&k_t)? * scale)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = softmax_last_dim(&scores)?;
         outs.push(probs.matmul(&v)?);
         start += len;
     }
@@ -163,6 +168,17 @@ fn attention_in_blocks(q: &Tensor, k: &Tensor, v: &Tensor, score_budget: usize) 
         Tensor::cat(&outs, 2)?
     };
     out.to_dtype(dtype)
+}
+
+/// kiln addition for training: candle's fused softmax and RMS norm record no backward op,
+/// so a graph that tracks gradients (weights from a `VarMap`) takes the composite forms,
+/// which candle differentiates. Inference on loaded weights keeps the fused kernels.
+fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.track_op() {
+        candle_nn::ops::softmax(x, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
 }
 
 /// LayerNorm over the last dim in f32 (two-pass, like torch), optionally affine.
@@ -218,6 +234,14 @@ impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?.contiguous()?;
+        if x.track_op() || self.weight.track_op() {
+            // Differentiable form for training (see `softmax_last_dim`).
+            let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps as f64)?.sqrt()?;
+            return x
+                .broadcast_div(&rms)?
+                .broadcast_mul(&self.weight)?
+                .to_dtype(dtype);
+        }
         candle_nn::ops::rms_norm(&x, &self.weight, self.eps)?.to_dtype(dtype)
     }
 }
@@ -478,6 +502,39 @@ struct ConditionEmbedder {
     time_proj: Linear,
     text_linear_1: Linear,
     text_linear_2: Linear,
+    /// kiln addition: camera vector -> time-embedding offset (see `Config::camera_dim`).
+    camera_embedder: Option<CameraEmbedder>,
+}
+
+/// kiln addition: `linear_1` (camera_dim -> dim), SiLU, `linear_2` (dim -> dim), in f32 like
+/// the time embedder. `linear_2` starts at zero so a fresh embedder changes nothing.
+#[derive(Debug, Clone)]
+struct CameraEmbedder {
+    linear_1: Linear,
+    linear_2: Linear,
+    camera_dim: usize,
+}
+
+impl CameraEmbedder {
+    fn new(camera_dim: usize, dim: usize, vb: VarBuilder) -> Result<Self> {
+        let vb = vb.to_dtype(DType::F32);
+        let zero = Init::Const(0.);
+        let linear_2 = Linear::new(
+            vb.get_with_hints((dim, dim), "linear_2.weight", zero)?,
+            Some(vb.get_with_hints(dim, "linear_2.bias", zero)?),
+        );
+        Ok(Self {
+            linear_1: linear(camera_dim, dim, vb.pp("linear_1"))?,
+            linear_2,
+            camera_dim,
+        })
+    }
+
+    /// `camera` (B, camera_dim) or (1, camera_dim) -> (B', dim) f32.
+    fn forward(&self, camera: &Tensor) -> Result<Tensor> {
+        let h = silu(&self.linear_1.forward(&camera.to_dtype(DType::F32)?)?)?;
+        self.linear_2.forward(&h)
+    }
 }
 
 impl ConditionEmbedder {
@@ -491,6 +548,10 @@ impl ConditionEmbedder {
             time_proj: linear(dim, 6 * dim, vb.pp("time_proj"))?,
             text_linear_1: linear(cfg.text_dim, dim, vb.pp("text_embedder.linear_1"))?,
             text_linear_2: linear(dim, dim, vb.pp("text_embedder.linear_2"))?,
+            camera_embedder: cfg
+                .camera_dim
+                .map(|c| CameraEmbedder::new(c, dim, vb.pp("camera_embedder")))
+                .transpose()?,
         })
     }
 
@@ -516,11 +577,25 @@ impl ConditionEmbedder {
 
     /// Returns temb (B, dim), modulation (B, 6, dim) and context (B, Lt, dim), all in `dtype`:
     /// the timestep MLP runs in f32 and its output is cast, as in the reference.
-    fn forward(&self, t: &Tensor, text: &Tensor, dtype: DType) -> Result<(Tensor, Tensor, Tensor)> {
+    fn forward(
+        &self,
+        t: &Tensor,
+        text: &Tensor,
+        camera: Option<&Tensor>,
+        dtype: DType,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let temb = self.sinusoidal(t)?;
-        let temb = self
+        let mut temb = self
             .time_linear_2
             .forward(&silu(&self.time_linear_1.forward(&temb)?)?)?;
+        // kiln addition: a missing camera is the zero vector ("no camera control").
+        if let Some(embedder) = &self.camera_embedder {
+            let camera = match camera {
+                Some(c) => c.clone(),
+                None => Tensor::zeros((1, embedder.camera_dim), DType::F32, t.device())?,
+            };
+            temb = temb.broadcast_add(&embedder.forward(&camera)?)?;
+        }
         let temb = temb.to_dtype(dtype)?;
         let modulation = self.time_proj.forward(&silu(&temb)?)?;
         let (b, six_dim) = modulation.dims2()?;
@@ -630,6 +705,18 @@ impl WanTransformer {
         timestep: &Tensor,
         encoder_hidden_states: &Tensor,
     ) -> Result<Tensor> {
+        self.forward_with_camera(hidden_states, timestep, encoder_hidden_states, None)
+    }
+
+    /// kiln addition: [`Self::forward`] with a camera-control vector (B or 1, camera_dim)
+    /// for models whose config sets `camera_dim`; ignored by models without it.
+    pub fn forward_with_camera(
+        &self,
+        hidden_states: &Tensor,
+        timestep: &Tensor,
+        encoder_hidden_states: &Tensor,
+        camera: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, c, f, h, w) = hidden_states.dims5()?;
         let [pt, ph, pw] = self.config.patch_size;
         if c != self.config.in_channels || f % pt != 0 || h % ph != 0 || w % pw != 0 {
@@ -657,7 +744,7 @@ impl WanTransformer {
         let text = encoder_hidden_states.to_dtype(self.dtype)?;
         let (temb, modulation, context) = self
             .condition_embedder
-            .forward(timestep, &text, self.dtype)?;
+            .forward(timestep, &text, camera, self.dtype)?;
         let modulation = modulation.to_dtype(DType::F32)?;
 
         for block in &self.blocks {

@@ -1,0 +1,146 @@
+//! `kiln train`: flags → `kiln_train::TrainOptions` → the VAE or DiT stage, with a progress
+//! bar (or plain log lines with `--quiet` or off a terminal) and a closing summary.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use kiln_train::{train_dit, train_vae, ClipGeometry, ModelSizes, StepReport, TrainOptions};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StageArg {
+    /// Stage 1: the VAE as an autoencoder of rendered clips; writes OUT/model/vae/.
+    Vae,
+    /// Stage 2: text encoder and transformer by flow matching; needs OUT/model/vae/.
+    Dit,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SizeArg {
+    /// The bundled model (docs/bundled-model.md).
+    Bundled,
+    /// A tiny model for smoke runs.
+    Tiny,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[arg(long, value_enum)]
+    stage: StageArg,
+    /// Run folder: checkpoints in OUT/<stage>-train/, the loadable model in OUT/model/.
+    #[arg(long)]
+    out: PathBuf,
+    /// Total optimizer steps of the run (with --resume, continues up to this many).
+    #[arg(long)]
+    steps: u64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Continue the run saved in OUT from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Clips per step.
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    /// Peak learning rate (AdamW, linear warm-up).
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f64,
+    #[arg(long, default_value_t = 20)]
+    warmup_steps: u64,
+    /// Save a checkpoint every this many steps (and at the end).
+    #[arg(long, default_value_t = 100)]
+    checkpoint_every: u64,
+    #[arg(long, value_enum, default_value = "bundled")]
+    size: SizeArg,
+    /// Clip frame counts to train on, each 4k+1 (comma-separated) [default: 41].
+    #[arg(long, value_delimiter = ',')]
+    frames: Option<Vec<usize>>,
+    /// Draw scenes from this many fixed seeds (an over-fitting check, not for real runs).
+    #[arg(long)]
+    scene_pool: Option<u64>,
+    /// Print a log line every this many steps instead of drawing a progress bar.
+    #[arg(long)]
+    log_every: Option<u64>,
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    if args.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let (sizes, mut geometry) = match args.size {
+        SizeArg::Bundled => (ModelSizes::bundled(), ClipGeometry::bundled()),
+        SizeArg::Tiny => (ModelSizes::tiny(), ClipGeometry::tiny()),
+    };
+    if let Some(frames) = args.frames {
+        geometry.frame_counts = frames;
+    }
+    geometry.scene_pool = args.scene_pool;
+    let mut opts = TrainOptions::bundled(args.out.clone(), args.steps, args.seed);
+    opts.batch = args.batch;
+    opts.optimizer.lr = args.lr;
+    opts.optimizer.warmup_steps = args.warmup_steps;
+    opts.checkpoint_every = args.checkpoint_every;
+    opts.resume = args.resume;
+    opts.sizes = sizes;
+    opts.geometry = geometry;
+
+    let use_bar = args.log_every.is_none() && std::io::stderr().is_terminal();
+    let log_every = args.log_every.unwrap_or(10).max(1);
+    let bar = ProgressBar::new(args.steps);
+    if use_bar {
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut on_step = |r: &StepReport| {
+        if use_bar {
+            bar.set_prefix(r.stage.name());
+            bar.set_position(r.step);
+            bar.set_message(format!("loss {:.4} ({:.2} s/step)", r.loss, r.seconds));
+        } else if r.step.checked_rem(log_every) == Some(0) || r.step == r.steps {
+            eprintln!(
+                "{} step {}/{} loss {:.5} lr {:.2e} grad-norm {:.3} {:.2} s/step",
+                r.stage.name(),
+                r.step,
+                r.steps,
+                r.loss,
+                r.lr,
+                r.grad_norm,
+                r.seconds
+            );
+        }
+    };
+    let summary = match args.stage {
+        StageArg::Vae => train_vae(&opts, &mut on_step)?,
+        StageArg::Dit => train_dit(&opts, &mut on_step)?,
+    };
+    bar.finish_and_clear();
+    let n = summary.losses.len();
+    if n == 0 {
+        eprintln!(
+            "the run in {} is already at step {}; raise --steps to train further (model in {})",
+            args.out.display(),
+            summary.final_step,
+            summary.model_dir.display()
+        );
+        return Ok(());
+    }
+    let window = n.clamp(1, 10);
+    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+    eprintln!(
+        "trained steps {}..{} in {:.1} s; mean loss first {window}: {:.5}, last {window}: {:.5}; model in {}",
+        summary.first_step,
+        summary.final_step,
+        summary.wall_seconds,
+        mean(&summary.losses[..window.min(n)]),
+        mean(&summary.losses[n.saturating_sub(window)..]),
+        summary.model_dir.display()
+    );
+    Ok(())
+}

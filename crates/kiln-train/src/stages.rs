@@ -1,0 +1,619 @@
+//! The two training stages and their shared loop.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{VarBuilder, VarMap};
+use kiln_models::umt5::UMT5EncoderModel;
+use kiln_models::wan::transformer::WanTransformer;
+use kiln_models::wan::vae::{self, WanVae};
+use serde_json::json;
+
+use crate::checkpoint::{
+    create_dir, model_index_json, read_json, save_varmap, scheduler_config_json, write_json,
+    LossLog, TrainState,
+};
+use crate::conditioning::{sample_conditioning, ConditionRates};
+use crate::data::{clip_batch, gaussian, rng_for, Stream};
+use crate::error::{Result, TrainError};
+use crate::init::initialise;
+use crate::optim::{AdamW, AdamWConfig};
+use crate::sizes::{ClipGeometry, ModelSizes, CAMERA_DIM};
+use crate::tokenizer::{tokenizer_config_json, CaptionTokenizer};
+
+/// Shift of the flow-matching sigmas, in training and in the exported scheduler config.
+pub const FLOW_SHIFT: f64 = 3.0;
+/// Text length the pipeline pads prompt embeddings to (its `MAX_SEQUENCE_LENGTH`).
+pub const TEXT_LEN: usize = 512;
+/// Weight of the latent L2 penalty that keeps the autoencoder's latents bounded.
+const LATENT_PENALTY: f64 = 1e-4;
+/// Clips encoded to measure the latent statistics written into `vae/config.json`.
+const STATISTICS_BATCHES: u64 = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Vae,
+    Dit,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Vae => "vae",
+            Stage::Dit => "dit",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Run folder: `<stage>-train/` holds checkpoints and `loss.jsonl`; `model/` is the
+    /// diffusers-layout checkpoint (the VAE stage writes `model/vae/`, the DiT stage reads
+    /// it and writes the rest).
+    pub out: PathBuf,
+    /// Total optimizer steps of the run (a resumed run continues up to this).
+    pub steps: u64,
+    pub seed: u64,
+    pub batch: usize,
+    pub optimizer: AdamWConfig,
+    pub resume: bool,
+    pub sizes: ModelSizes,
+    pub geometry: ClipGeometry,
+    pub rates: ConditionRates,
+    /// Save a checkpoint every this many steps (and always at the end).
+    pub checkpoint_every: u64,
+}
+
+impl TrainOptions {
+    /// The bundled model's settings.
+    pub fn bundled(out: PathBuf, steps: u64, seed: u64) -> Self {
+        Self {
+            out,
+            steps,
+            seed,
+            batch: 2,
+            optimizer: AdamWConfig::with_lr(2e-4),
+            resume: false,
+            sizes: ModelSizes::bundled(),
+            geometry: ClipGeometry::bundled(),
+            rates: ConditionRates::default(),
+            checkpoint_every: 100,
+        }
+    }
+
+    pub fn stage_dir(&self, stage: Stage) -> PathBuf {
+        self.out.join(format!("{}-train", stage.name()))
+    }
+
+    pub fn model_dir(&self) -> PathBuf {
+        self.out.join("model")
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.geometry.validate()?;
+        if self.batch == 0 {
+            return Err(TrainError::Options("--batch must be at least 1".into()));
+        }
+        if !(self.optimizer.lr > 0.0 && self.optimizer.lr.is_finite()) {
+            return Err(TrainError::Options(format!(
+                "--lr {} must be a positive number",
+                self.optimizer.lr
+            )));
+        }
+        if self.checkpoint_every == 0 {
+            return Err(TrainError::Options(
+                "checkpoint interval must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One step, for progress bars and logs.
+#[derive(Debug, Clone, Copy)]
+pub struct StepReport {
+    pub stage: Stage,
+    /// 1-based step just finished.
+    pub step: u64,
+    pub steps: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub first_step: u64,
+    pub final_step: u64,
+    /// Loss of every step run in this session, in order.
+    pub losses: Vec<f64>,
+    pub wall_seconds: f64,
+    pub model_dir: PathBuf,
+}
+
+/// Creates the variables of a model in `map` (by building it once) and initialises them,
+/// or loads them from `weights`.
+fn prepare_vars<M>(
+    map: &mut VarMap,
+    weights: Option<&Path>,
+    rng: &mut kiln_world::SplitMix64,
+    device: &Device,
+    build: impl Fn(VarBuilder<'static>) -> candle_core::Result<M>,
+) -> Result<()> {
+    build(VarBuilder::from_varmap(map, DType::F32, device))?;
+    match weights {
+        Some(path) => map.load(path)?,
+        None => initialise(map, rng)?,
+    }
+    Ok(())
+}
+
+/// The model over the current values of `map`. Built afresh every step: some layers
+/// precompute tensors from their weights at construction (the VAE's norm scales, conv
+/// taps), which would otherwise keep the values of the first step while the optimizer
+/// updates the variables underneath.
+fn build_from<M>(
+    map: &VarMap,
+    device: &Device,
+    build: impl Fn(VarBuilder<'static>) -> candle_core::Result<M>,
+) -> Result<M> {
+    Ok(build(VarBuilder::from_varmap(map, DType::F32, device))?)
+}
+
+fn mse(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    (a - b)?.sqr()?.mean_all()
+}
+
+/// Resume bookkeeping shared by both stages.
+struct Run {
+    state: TrainState,
+    dir: PathBuf,
+    log: LossLog,
+    resumed: bool,
+}
+
+fn open_run(stage: Stage, opts: &TrainOptions) -> Result<Run> {
+    opts.validate()?;
+    let dir = opts.stage_dir(stage);
+    create_dir(&dir)?;
+    let state_path = dir.join("state.json");
+    let fresh = TrainState {
+        stage: stage.name().into(),
+        step: 0,
+        seed: opts.seed,
+        batch: opts.batch,
+        optimizer: opts.optimizer.clone(),
+        sizes: opts.sizes.clone(),
+        geometry: opts.geometry.clone(),
+        rates: opts.rates.clone(),
+        rng: "SplitMix64 streams derived from (seed, step); nothing else to restore".into(),
+        last_loss: None,
+        wall_seconds: 0.0,
+    };
+    let (state, resumed) = if opts.resume && state_path.is_file() {
+        let saved: TrainState = read_json(&state_path, "training state")?;
+        let same_run = saved.seed == fresh.seed
+            && saved.batch == fresh.batch
+            && saved.sizes == fresh.sizes
+            && saved.geometry == fresh.geometry
+            && saved.stage == fresh.stage;
+        if !same_run {
+            return Err(TrainError::Options(format!(
+                "{}: the saved run has other settings (seed {}, batch {}, or sizes); resume with the same --seed and --batch, or choose another --out",
+                state_path.display(),
+                saved.seed,
+                saved.batch
+            )));
+        }
+        (saved, true)
+    } else if state_path.is_file() {
+        return Err(TrainError::Options(format!(
+            "{}: a run already exists here; pass --resume to continue it or choose another --out",
+            state_path.display()
+        )));
+    } else {
+        (fresh, false)
+    };
+    let log = LossLog::open(&dir.join("loss.jsonl"), state.step)?;
+    Ok(Run {
+        state,
+        dir,
+        log,
+        resumed,
+    })
+}
+
+/// The shared loop: `step_loss(step)` builds the graph and returns the loss; backward,
+/// update, logging and checkpoints happen here.
+fn run_loop(
+    stage: Stage,
+    opts: &TrainOptions,
+    run: &mut Run,
+    optimizer: &mut AdamW,
+    mut step_loss: impl FnMut(u64) -> Result<Tensor>,
+    mut save: impl FnMut(&Path, &AdamW) -> Result<()>,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> Result<TrainSummary> {
+    let session = Instant::now();
+    let first_step = run.state.step;
+    let wall_before = run.state.wall_seconds;
+    let mut losses = Vec::new();
+    while run.state.step < opts.steps {
+        let step = run.state.step;
+        let t0 = Instant::now();
+        let loss = step_loss(step)?;
+        let loss_value = f64::from(loss.to_scalar::<f32>()?);
+        if !loss_value.is_finite() {
+            return Err(TrainError::Options(format!(
+                "loss became {loss_value} at step {step}; lower --lr and resume from the last checkpoint"
+            )));
+        }
+        let grads = loss.backward()?;
+        let update = optimizer.update(&grads)?;
+        run.state.step += 1;
+        run.state.last_loss = Some(loss_value);
+        let seconds = t0.elapsed().as_secs_f64();
+        run.log.append(&json!({
+            "step": step, "loss": loss_value, "lr": update.lr,
+            "grad_norm": update.grad_norm, "seconds": seconds,
+        }))?;
+        losses.push(loss_value);
+        let report = StepReport {
+            stage,
+            step: run.state.step,
+            steps: opts.steps,
+            loss: loss_value,
+            lr: update.lr,
+            grad_norm: update.grad_norm,
+            seconds,
+        };
+        tracing::debug!(
+            stage = stage.name(),
+            step = report.step,
+            loss = loss_value,
+            "step"
+        );
+        on_step(&report);
+        if run.state.step % opts.checkpoint_every == 0 || run.state.step == opts.steps {
+            run.state.wall_seconds = wall_before + session.elapsed().as_secs_f64();
+            save(&run.dir, optimizer)?;
+            optimizer.save(&run.dir.join("optimizer.safetensors"))?;
+            // The state goes last: it only ever names complete weights.
+            write_json(&run.dir.join("state.json"), &run.state)?;
+            tracing::info!(
+                stage = stage.name(),
+                step = run.state.step,
+                loss = loss_value,
+                "checkpoint saved"
+            );
+        }
+    }
+    Ok(TrainSummary {
+        first_step,
+        final_step: run.state.step,
+        losses,
+        wall_seconds: session.elapsed().as_secs_f64(),
+        model_dir: opts.model_dir(),
+    })
+}
+
+/// Stage 1: the Wan VAE as an autoencoder of rendered clips (L1 + L2 reconstruction and a
+/// small latent L2 penalty). Exports `model/vae/` with measured latent statistics.
+pub fn train_vae(
+    opts: &TrainOptions,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> Result<TrainSummary> {
+    let device = Device::Cpu;
+    let mut run = open_run(Stage::Vae, opts)?;
+    let z = opts.sizes.vae_z_dim;
+    let cfg = opts.sizes.vae_config(&vec![0.0; z], &vec![1.0; z])?;
+    let weights_path = run.dir.join("vae.safetensors");
+    let mut map = VarMap::new();
+    let mut init_rng = rng_for(opts.seed, 0, Stream::Initialisation);
+    let build_vae = |vb| WanVae::new(&cfg, vb);
+    prepare_vars(
+        &mut map,
+        run.resumed.then_some(weights_path.as_path()),
+        &mut init_rng,
+        &device,
+        build_vae,
+    )?;
+    let mut optimizer = AdamW::new(&[("vae", &map)], opts.optimizer.clone())?;
+    if run.resumed {
+        optimizer.load(&run.dir.join("optimizer.safetensors"))?;
+    }
+    tracing::info!(
+        step = run.state.step,
+        steps = opts.steps,
+        resumed = run.resumed,
+        "VAE stage"
+    );
+    let summary = run_loop(
+        Stage::Vae,
+        opts,
+        &mut run,
+        &mut optimizer,
+        |step| {
+            let model = build_from(&map, &device, build_vae)?;
+            let batch = clip_batch(
+                &opts.geometry,
+                opts.seed,
+                step,
+                opts.batch,
+                Stream::Scenes,
+                &device,
+            )?;
+            let latents = model.encode(&batch.video)?;
+            let recon = model.decode(&latents)?;
+            let diff = (&recon - &batch.video)?;
+            let loss = ((diff.abs()?.mean_all()? + diff.sqr()?.mean_all()?)?
+                + (latents.sqr()?.mean_all()? * LATENT_PENALTY)?)?;
+            Ok(loss)
+        },
+        |dir, _| save_varmap(&map, &dir.join("vae.safetensors")),
+        on_step,
+    )?;
+    export_vae(opts, &build_from(&map, &device, build_vae)?, &map, &device)?;
+    Ok(summary)
+}
+
+/// Per-channel mean and std of the encoder's latents over a fixed set of clips, written
+/// with the weights into `model/vae/`.
+fn export_vae(opts: &TrainOptions, model: &WanVae, map: &VarMap, device: &Device) -> Result<()> {
+    let z = opts.sizes.vae_z_dim;
+    let mut sum = vec![0f64; z];
+    let mut sum_sq = vec![0f64; z];
+    let mut count = 0f64;
+    for i in 0..STATISTICS_BATCHES {
+        let batch = clip_batch(
+            &opts.geometry,
+            opts.seed,
+            i,
+            opts.batch,
+            Stream::LatentStatistics,
+            device,
+        )?;
+        let latents = model.encode(&batch.video)?.detach();
+        // (B, z, F, h, w) -> (z, rest)
+        let per_channel = latents.transpose(0, 1)?.flatten_from(1)?;
+        let s: Vec<f32> = per_channel.sum(D::Minus1)?.to_vec1()?;
+        let s2: Vec<f32> = per_channel.sqr()?.sum(D::Minus1)?.to_vec1()?;
+        for c in 0..z {
+            sum[c] += f64::from(s[c]);
+            sum_sq[c] += f64::from(s2[c]);
+        }
+        count += per_channel.dim(1)? as f64;
+    }
+    let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
+    let std: Vec<f64> = sum_sq
+        .iter()
+        .zip(&mean)
+        .map(|(s2, m)| (s2 / count - m * m).max(1e-8).sqrt())
+        .collect();
+    let dir = opts.model_dir().join("vae");
+    create_dir(&dir)?;
+    write_json(
+        &dir.join("config.json"),
+        &opts.sizes.vae_config_json(&mean, &std),
+    )?;
+    save_varmap(map, &dir.join("diffusion_pytorch_model.safetensors"))?;
+    tracing::info!(dir = %dir.display(), ?mean, ?std, "VAE exported");
+    Ok(())
+}
+
+/// The frozen VAE of stage 2, from `model/vae/`: plain tensors, no gradients.
+fn load_frozen_vae(opts: &TrainOptions, device: &Device) -> Result<WanVae> {
+    let dir = opts.model_dir().join("vae");
+    let config_path = dir.join("config.json");
+    if !config_path.is_file() {
+        return Err(TrainError::Options(format!(
+            "{}: missing; run `kiln train --stage vae --out {}` first",
+            config_path.display(),
+            opts.out.display()
+        )));
+    }
+    let cfg: vae::Config = kiln_models::read_config(&config_path, "Wan VAE config")?;
+    let tensors =
+        candle_core::safetensors::load(dir.join("diffusion_pytorch_model.safetensors"), device)?;
+    Ok(WanVae::new(
+        &cfg,
+        VarBuilder::from_tensors(tensors, DType::F32, device),
+    )?)
+}
+
+/// Stage 2: the text encoder and the transformer, trained together by flow matching on
+/// the frozen VAE's normalised latents with the i2v conditioning input and random
+/// drop-outs of text, camera and every conditioning kind. Exports the rest of `model/`.
+pub fn train_dit(
+    opts: &TrainOptions,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> Result<TrainSummary> {
+    let device = Device::Cpu;
+    let vae = load_frozen_vae(opts, &device)?;
+    let mut run = open_run(Stage::Dit, opts)?;
+    let tokenizer = CaptionTokenizer::from_grammar()?;
+    let te_cfg = opts.sizes.text_encoder_config(tokenizer.vocab_size())?;
+    let tr_cfg = opts.sizes.transformer_config()?;
+    let mut init_rng = rng_for(opts.seed, 0, Stream::Initialisation);
+    let te_path = run.dir.join("text_encoder.safetensors");
+    let tr_path = run.dir.join("transformer.safetensors");
+    let build_text_encoder = |vb| UMT5EncoderModel::new(&te_cfg, vb);
+    let build_transformer = |vb| WanTransformer::new(&tr_cfg, vb);
+    let mut te_map = VarMap::new();
+    prepare_vars(
+        &mut te_map,
+        run.resumed.then_some(te_path.as_path()),
+        &mut init_rng,
+        &device,
+        build_text_encoder,
+    )?;
+    let mut tr_map = VarMap::new();
+    prepare_vars(
+        &mut tr_map,
+        run.resumed.then_some(tr_path.as_path()),
+        &mut init_rng,
+        &device,
+        build_transformer,
+    )?;
+    let mut optimizer = AdamW::new(
+        &[("text_encoder", &te_map), ("transformer", &tr_map)],
+        opts.optimizer.clone(),
+    )?;
+    if run.resumed {
+        optimizer.load(&run.dir.join("optimizer.safetensors"))?;
+    }
+    let spatial = vae.config().spatial_compression();
+    let temporal = vae.config().temporal_compression();
+    tracing::info!(
+        step = run.state.step,
+        steps = opts.steps,
+        resumed = run.resumed,
+        vocab = tokenizer.vocab_size(),
+        "DiT stage"
+    );
+    let summary = run_loop(
+        Stage::Dit,
+        opts,
+        &mut run,
+        &mut optimizer,
+        |step| {
+            let batch = clip_batch(
+                &opts.geometry,
+                opts.seed,
+                step,
+                opts.batch,
+                Stream::Scenes,
+                &device,
+            )?;
+            let b = opts.batch;
+            let text_encoder = build_from(&te_map, &device, build_text_encoder)?;
+            let transformer = build_from(&tr_map, &device, build_transformer)?;
+            let x0 = vae.normalize(&vae.encode(&batch.video)?)?.detach();
+            let mut cond_rng = rng_for(opts.seed, step, Stream::Conditioning);
+            let cond = sample_conditioning(
+                &batch,
+                &opts.rates,
+                &mut cond_rng,
+                spatial,
+                temporal,
+                &device,
+            )?;
+            let cond_latents = vae.normalize(&vae.encode(&cond.video)?)?.detach();
+            let captions: Vec<String> = batch
+                .captions
+                .iter()
+                .map(|c| {
+                    if cond_rng.chance(opts.rates.drop_text) {
+                        String::new()
+                    } else {
+                        c.clone()
+                    }
+                })
+                .collect();
+            let camera: Vec<f32> = batch
+                .camera
+                .iter()
+                .flat_map(|c| {
+                    if cond_rng.chance(opts.rates.drop_camera) {
+                        [0.0; CAMERA_DIM]
+                    } else {
+                        *c
+                    }
+                })
+                .collect();
+            let camera = Tensor::from_vec(camera, (b, CAMERA_DIM), &device)?;
+            let text = encode_text(&tokenizer, &text_encoder, &captions, &device)?;
+
+            let mut noise_rng = rng_for(opts.seed, step, Stream::Noise);
+            let sigmas: Vec<f32> = (0..b)
+                .map(|_| {
+                    let u = f64::from(noise_rng.unit());
+                    (FLOW_SHIFT * u / (1.0 + (FLOW_SHIFT - 1.0) * u)) as f32
+                })
+                .collect();
+            let timesteps: Vec<f32> = sigmas.iter().map(|s| s * 1000.0).collect();
+            let noise = Tensor::from_vec(
+                gaussian(&mut noise_rng, x0.elem_count()),
+                x0.shape(),
+                &device,
+            )?;
+            let sigma = Tensor::from_vec(sigmas, (b, 1, 1, 1, 1), &device)?;
+            let one_minus = (1.0 - &sigma)?;
+            let noisy = (x0.broadcast_mul(&one_minus)? + noise.broadcast_mul(&sigma)?)?;
+            let input = Tensor::cat(&[&noisy, &cond.mask_channels, &cond_latents], 1)?;
+            let timesteps = Tensor::from_vec(timesteps, b, &device)?;
+            let pred = transformer.forward_with_camera(&input, &timesteps, &text, Some(&camera))?;
+            // Wan's flow matching: the model predicts the velocity noise − x0.
+            Ok(mse(&pred, &(noise - &x0)?)?)
+        },
+        |dir, _| {
+            save_varmap(&te_map, &dir.join("text_encoder.safetensors"))?;
+            save_varmap(&tr_map, &dir.join("transformer.safetensors"))
+        },
+        on_step,
+    )?;
+    export_dit(opts, &tokenizer, &te_map, &tr_map)?;
+    Ok(summary)
+}
+
+/// Prompt embeddings as the pipeline makes them: encoder output of the real tokens, rows
+/// past each prompt zeroed, padded with zero rows to `TEXT_LEN`. Running the encoder on
+/// the batch's longest prompt only is exact: padded keys are masked out.
+pub fn encode_text(
+    tokenizer: &CaptionTokenizer,
+    text_encoder: &UMT5EncoderModel,
+    captions: &[String],
+    device: &Device,
+) -> Result<Tensor> {
+    let tokens = tokenizer.encode_batch(captions, device)?;
+    let hidden = text_encoder.forward(&tokens.input_ids, &tokens.attention_mask)?;
+    let (b, l, d) = hidden.dims3()?;
+    if l > TEXT_LEN {
+        return Err(TrainError::Options(format!(
+            "a caption has {l} tokens, more than {TEXT_LEN}"
+        )));
+    }
+    let keep = tokens.attention_mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+    let hidden = hidden.broadcast_mul(&keep)?;
+    let pad = Tensor::zeros((b, TEXT_LEN - l, d), DType::F32, device)?;
+    Ok(Tensor::cat(&[&hidden, &pad], 1)?)
+}
+
+fn export_dit(
+    opts: &TrainOptions,
+    tokenizer: &CaptionTokenizer,
+    te_map: &VarMap,
+    tr_map: &VarMap,
+) -> Result<()> {
+    let model = opts.model_dir();
+    for sub in ["tokenizer", "text_encoder", "transformer", "scheduler"] {
+        create_dir(&model.join(sub))?;
+    }
+    write_json(&model.join("model_index.json"), &model_index_json())?;
+    write_json(&model.join("tokenizer/tokenizer.json"), tokenizer.json())?;
+    write_json(
+        &model.join("tokenizer/tokenizer_config.json"),
+        &tokenizer_config_json(),
+    )?;
+    write_json(
+        &model.join("text_encoder/config.json"),
+        &opts.sizes.text_encoder_config_json(tokenizer.vocab_size()),
+    )?;
+    save_varmap(te_map, &model.join("text_encoder/model.safetensors"))?;
+    write_json(
+        &model.join("transformer/config.json"),
+        &opts.sizes.transformer_config_json(),
+    )?;
+    save_varmap(
+        tr_map,
+        &model.join("transformer/diffusion_pytorch_model.safetensors"),
+    )?;
+    write_json(
+        &model.join("scheduler/scheduler_config.json"),
+        &scheduler_config_json(FLOW_SHIFT),
+    )?;
+    tracing::info!(dir = %model.display(), "model exported");
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! Training smoke tests at tiny sizes: the loss falls over a few dozen steps for each
+//! stage, and a run stopped and resumed gives exactly the losses of an uninterrupted one.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use kiln_models::wan::transformer::{self, WanTransformer};
+use kiln_train::tokenizer::{caption_vocabulary, split_words, VOCABULARY_SCENES};
+use kiln_train::{
+    train_dit, train_vae, AdamWConfig, CaptionTokenizer, ClipGeometry, ConditionRates, ModelSizes,
+    TrainOptions,
+};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiln-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn tiny(out: PathBuf, steps: u64, lr: f64) -> TrainOptions {
+    let mut optimizer = AdamWConfig::with_lr(lr);
+    optimizer.warmup_steps = 10;
+    TrainOptions {
+        out,
+        steps,
+        seed: 7,
+        batch: 2,
+        optimizer,
+        resume: false,
+        sizes: ModelSizes::tiny(),
+        // Four scenes, seen over and over, so the loss of a few dozen steps falls clearly
+        // above the spread between batches.
+        geometry: ClipGeometry {
+            scene_pool: Some(4),
+            ..ClipGeometry::tiny()
+        },
+        rates: ConditionRates::default(),
+        checkpoint_every: 1000,
+    }
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len() as f64
+}
+
+#[test]
+fn vae_loss_falls_and_resume_is_exact() {
+    let steps = 30;
+    let whole_dir = scratch("vae-whole");
+    let whole = train_vae(&tiny(whole_dir.clone(), steps, 2e-3), &mut |_| {}).expect("train");
+    assert_eq!(whole.losses.len(), steps as usize);
+    let (head, tail) = (
+        mean(&whole.losses[..5]),
+        mean(&whole.losses[steps as usize - 5..]),
+    );
+    eprintln!("vae loss: first five {head:.4}, last five {tail:.4}");
+    assert!(tail < 0.7 * head, "VAE loss did not fall: {head} -> {tail}");
+
+    let split_dir = scratch("vae-split");
+    let first = train_vae(&tiny(split_dir.clone(), 12, 2e-3), &mut |_| {}).expect("first half");
+    let mut opts = tiny(split_dir.clone(), steps, 2e-3);
+    opts.resume = true;
+    let second = train_vae(&opts, &mut |_| {}).expect("resume");
+    assert_eq!(second.first_step, 12);
+    let joined: Vec<f64> = first.losses.iter().chain(&second.losses).copied().collect();
+    assert_eq!(
+        joined, whole.losses,
+        "resumed run differs from the uninterrupted one"
+    );
+    let log = std::fs::read_to_string(split_dir.join("vae-train/loss.jsonl")).expect("log");
+    assert_eq!(log.lines().count(), steps as usize);
+    assert!(split_dir.join("model/vae/config.json").is_file());
+
+    // Without --resume an existing run is refused rather than overwritten.
+    assert!(train_vae(&tiny(split_dir.clone(), steps, 2e-3), &mut |_| {}).is_err());
+    let _ = std::fs::remove_dir_all(whole_dir);
+    let _ = std::fs::remove_dir_all(split_dir);
+}
+
+#[test]
+fn dit_loss_falls_and_resume_is_exact() {
+    let steps = 30;
+    let whole_dir = scratch("dit-whole");
+    let split_dir = scratch("dit-split");
+    for dir in [&whole_dir, &split_dir] {
+        train_vae(&tiny(dir.clone(), 3, 1e-2), &mut |_| {}).expect("vae stage");
+    }
+    let whole = train_dit(&tiny(whole_dir.clone(), steps, 3e-3), &mut |_| {}).expect("train");
+    let (head, tail) = (
+        mean(&whole.losses[..5]),
+        mean(&whole.losses[steps as usize - 5..]),
+    );
+    eprintln!("dit loss: first five {head:.4}, last five {tail:.4}");
+    // Flow matching has a high floor (the noise is unpredictable); a fifth off in 30 steps
+    // is the signal.
+    assert!(tail < 0.8 * head, "DiT loss did not fall: {head} -> {tail}");
+
+    let first = train_dit(&tiny(split_dir.clone(), 10, 3e-3), &mut |_| {}).expect("first half");
+    let mut opts = tiny(split_dir.clone(), steps, 3e-3);
+    opts.resume = true;
+    let second = train_dit(&opts, &mut |_| {}).expect("resume");
+    let joined: Vec<f64> = first.losses.iter().chain(&second.losses).copied().collect();
+    assert_eq!(
+        joined, whole.losses,
+        "resumed run differs from the uninterrupted one"
+    );
+
+    // The export is a diffusers folder whose transformer kiln-models builds.
+    let model = split_dir.join("model");
+    for file in [
+        "model_index.json",
+        "tokenizer/tokenizer.json",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "transformer/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+    ] {
+        assert!(model.join(file).is_file(), "{file} missing");
+    }
+    let cfg: transformer::Config =
+        kiln_models::read_config(&model.join("transformer/config.json"), "transformer").unwrap();
+    let tensors = candle_core::safetensors::load(
+        model.join("transformer/diffusion_pytorch_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    WanTransformer::new(
+        &cfg,
+        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+    )
+    .expect("exported transformer builds");
+    let _ = std::fs::remove_dir_all(whole_dir);
+    let _ = std::fs::remove_dir_all(split_dir);
+}
+
+#[test]
+fn tokenizer_covers_the_caption_grammar() {
+    let words = caption_vocabulary(VOCABULARY_SCENES);
+    assert_eq!(
+        words,
+        caption_vocabulary(2 * VOCABULARY_SCENES),
+        "more scenes add words: raise VOCABULARY_SCENES"
+    );
+    let tokenizer = CaptionTokenizer::from_grammar().unwrap();
+    assert_eq!(tokenizer.vocab_size(), words.len() + 3);
+    let text =
+        "On a navy background, a small red circle moves to the right while the camera pans left.";
+    let ids = tokenizer.ids(text).unwrap();
+    assert_eq!(ids.len(), split_words(text).len() + 1);
+    assert!(!ids.contains(&tokenizer.unk_id()));
+    assert_eq!(*ids.last().unwrap(), 1, "ends with </s>");
+    eprintln!("vocabulary: {} words", words.len());
+}
