@@ -239,6 +239,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         guidance_scale,
         seed,
         init_latents,
+        camera: None,
     };
 
     let bar = ProgressBar::new_spinner();

@@ -147,6 +147,16 @@ impl Module for Activation {
     }
 }
 
+/// candle's fused softmax records no backward op, so a graph that tracks gradients
+/// (training from a `VarMap`) takes the composite form; inference keeps the fused kernel.
+fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.track_op() {
+        candle_nn::ops::softmax(x, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
 /// Bucket of each relative position `key - query` for bidirectional attention, as in
 /// transformers' `UMT5Attention._relative_position_bucket` with `is_decoder = False`: half
 /// the buckets per direction; within one, small distances get a bucket each and larger
@@ -263,7 +273,7 @@ impl SelfAttention {
             .matmul(&k.to_dtype(DType::F32)?.t()?)?
             .broadcast_add(&self.position_bias(buckets)?)?
             .broadcast_add(key_mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let probs = softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let out =
             probs
                 .matmul(&v)?

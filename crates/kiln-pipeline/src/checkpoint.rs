@@ -11,6 +11,7 @@ use kiln_models::wan::{transformer_keys, vae_keys};
 use kiln_models::{component_files, read_config, KeyMap, WeightSource};
 use kiln_sampling::SchedulerConfig;
 
+use crate::conditioning::MASK_CHANNELS;
 use crate::prompt::PromptTokenizer;
 use crate::{ModelGeometry, PipelineError};
 
@@ -155,10 +156,24 @@ pub(crate) fn load(
     let scheduler_config = SchedulerConfig::from_json(&text)
         .map_err(|e| load_err(format!("{}: {e}", sched_path.display())))?;
 
-    if vae_cfg.z_dim != tr_cfg.in_channels {
+    // Two input forms: text-to-video (the noise latents only) and Wan's image-to-video
+    // (noise, mask channels, condition latents), which kiln's bundled model uses.
+    let z = vae_cfg.z_dim;
+    let conditioning_channels = if tr_cfg.in_channels == z {
+        0
+    } else if tr_cfg.in_channels == 2 * z + MASK_CHANNELS {
+        z + MASK_CHANNELS
+    } else {
         return Err(load_err(format!(
-            "transformer in_channels = {} but VAE z_dim = {}; the transformer and VAE come from different checkpoints",
-            tr_cfg.in_channels, vae_cfg.z_dim
+            "transformer in_channels = {} but VAE z_dim = {z}, expected {z} (text-to-video) or {} (image-to-video input: noise, {MASK_CHANNELS} mask channels, condition latents); the transformer and VAE come from different checkpoints",
+            tr_cfg.in_channels,
+            2 * z + MASK_CHANNELS
+        )));
+    };
+    if tr_cfg.out_channels() != z {
+        return Err(load_err(format!(
+            "transformer out_channels = {} but VAE z_dim = {z}; the transformer and VAE come from different checkpoints",
+            tr_cfg.out_channels()
         )));
     }
     if te_cfg.d_model != tr_cfg.text_dim {
@@ -181,7 +196,9 @@ pub(crate) fn load(
         vae,
         scheduler_config,
         geometry: ModelGeometry {
-            latent_channels: tr_cfg.in_channels,
+            latent_channels: z,
+            conditioning_channels,
+            camera_dim: tr_cfg.camera_dim,
             temporal_factor,
             spatial_factor,
             patch,

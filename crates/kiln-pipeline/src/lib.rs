@@ -1,17 +1,21 @@
 //! The Wan text-to-video pipeline: `WanPipeline::load` finds and maps a checkpoint (the
 //! diffusers folder layout, or single files in the original Wan / ComfyUI layouts), and
 //! `WanPipeline::generate` runs prompt → UMT5 → sampler loop (transformer + scheduler +
-//! classifier-free guidance) → VAE decode → frames.
+//! classifier-free guidance) → VAE decode → frames. Transformers in the Wan image-to-video
+//! input form (kiln's bundled model) get their mask and condition channels and an optional
+//! camera vector (see [`conditioning`]).
 //!
 //! This crate is the only place that knows the order of the steps. It must not speak HTTP,
 //! encode video files, or hold architecture code (that is `kiln-models`) or scheduler maths
 //! (that is `kiln-sampling`).
 
 mod checkpoint;
+pub mod conditioning;
 pub mod noise;
 pub mod prompt;
 mod request;
 
+use std::sync::Mutex;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -60,6 +64,7 @@ pub enum Progress {
 /// Wall time of each phase, in seconds.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct PhaseTimings {
+    /// Prompt encoding, and the conditioning's VAE encode for image-to-video input models.
     pub encode_prompt: f64,
     pub denoise: f64,
     pub decode: f64,
@@ -74,12 +79,21 @@ pub struct Generated {
 /// Numbers of the loaded checkpoint that decide which requests it can serve.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ModelGeometry {
+    /// Channels of the noise latents (the VAE's z_dim).
     pub latent_channels: usize,
+    /// Input channels after the noise: 0 for text-to-video transformers, 4 mask channels
+    /// + z condition latents for the Wan image-to-video input form.
+    pub conditioning_channels: usize,
+    /// Width of the camera-control vector, for models with kiln's camera embedder.
+    pub camera_dim: Option<usize>,
     pub temporal_factor: usize,
     pub spatial_factor: usize,
     pub patch: [usize; 3],
     pub max_sequence_length: usize,
 }
+
+/// (frames, height, width) of a clip.
+type ClipShape = (usize, usize, usize);
 
 pub struct WanPipeline {
     tokenizer: prompt::PromptTokenizer,
@@ -90,6 +104,10 @@ pub struct WanPipeline {
     geometry: ModelGeometry,
     dtype: DType,
     device: Device,
+    /// The last "nothing given" conditioning and its (frames, height, width): it depends on
+    /// the clip's shape only, so repeated requests skip its VAE encode. The encoder is
+    /// causal, so a shorter clip of the same size takes the first latent frames.
+    text_only_condition: Mutex<Option<(ClipShape, Tensor)>>,
 }
 
 impl WanPipeline {
@@ -109,6 +127,7 @@ impl WanPipeline {
             geometry: parts.geometry,
             dtype,
             device: device.clone(),
+            text_only_condition: Mutex::new(None),
         })
     }
 
@@ -130,6 +149,48 @@ impl WanPipeline {
         let valid = hidden.narrow(1, 0, tokens.len)?;
         let pad = Tensor::zeros((1, l - tokens.len, d), hidden.dtype(), &self.device)?;
         Ok(Tensor::cat(&[valid, pad], 1)?)
+    }
+
+    /// The channels concatenated after the noise latents for a text-to-video request of
+    /// this shape: `None` for a text-to-video transformer; for the image-to-video input
+    /// form, zero mask channels and the normalised encoding of a mid-grey clip
+    /// (1, 4 + z, F', H/8, W/8), in the pipeline's dtype.
+    pub fn text_only_condition(
+        &self,
+        num_frames: usize,
+        height: usize,
+        width: usize,
+    ) -> Result<Option<Tensor>, PipelineError> {
+        if self.geometry.conditioning_channels == 0 {
+            return Ok(None);
+        }
+        if num_frames == 0 {
+            return Err(PipelineError::Input(
+                "frames = 0; a clip needs at least one frame".into(),
+            ));
+        }
+        // A poisoned lock only means another request failed mid-encode; the cache is
+        // replaced whole, so its content is still consistent.
+        let mut cache = self
+            .text_only_condition
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(((frames, h, w), t)) = cache.as_ref() {
+            if (*h, *w) == (height, width) && num_frames <= *frames {
+                let latent_frames = (num_frames - 1) / self.geometry.temporal_factor + 1;
+                return Ok(Some(t.narrow(2, 0, latent_frames)?));
+            }
+        }
+        let t = conditioning::nothing_given(
+            &self.vae,
+            num_frames,
+            height,
+            width,
+            self.dtype,
+            &self.device,
+        )?;
+        *cache = Some(((num_frames, height, width), t.clone()));
+        Ok(Some(t))
     }
 
     /// Runs text-to-video. `progress` is told of each phase and step; returning `false`
@@ -156,6 +217,15 @@ impl WanPipeline {
         } else {
             None
         };
+        let condition = self.text_only_condition(req.num_frames, req.height, req.width)?;
+        let camera = match req.camera {
+            Some(axes) => Some(Tensor::from_vec(
+                conditioning::camera_vector(axes).to_vec(),
+                (1, conditioning::CAMERA_DIM),
+                &self.device,
+            )?),
+            None => None,
+        };
         timings.encode_prompt = t0.elapsed().as_secs_f64();
 
         let t1 = Instant::now();
@@ -175,11 +245,28 @@ impl WanPipeline {
         for (i, &t) in timesteps.iter().enumerate() {
             let step_start = Instant::now();
             let model_in = latents.to_dtype(self.dtype)?;
+            let model_in = match &condition {
+                Some(c) => Tensor::cat(&[&model_in, c], 1)?,
+                None => model_in,
+            };
             let timestep = Tensor::new(&[t as f32], &self.device)?;
-            let cond_pred = self.transformer.forward(&model_in, &timestep, &cond)?;
+            // Without a camera this is exactly `forward`. Both guidance passes get the same
+            // camera and conditioning: guidance is over the text only, as Wan's i2v does
+            // with its image condition.
+            let cond_pred = self.transformer.forward_with_camera(
+                &model_in,
+                &timestep,
+                &cond,
+                camera.as_ref(),
+            )?;
             let pred = match &uncond {
                 Some(uncond) => {
-                    let uncond_pred = self.transformer.forward(&model_in, &timestep, uncond)?;
+                    let uncond_pred = self.transformer.forward_with_camera(
+                        &model_in,
+                        &timestep,
+                        uncond,
+                        camera.as_ref(),
+                    )?;
                     classifier_free_guidance(&uncond_pred, &cond_pred, req.guidance_scale)?
                 }
                 None => cond_pred,

@@ -2,6 +2,7 @@
 
 use candle_core::{DType, Tensor};
 
+use crate::conditioning::{CAMERA_AXES, CAMERA_DIM, CAMERA_LIMIT};
 use crate::{ModelGeometry, PipelineError};
 
 /// The seeds' default negative prompt.
@@ -22,6 +23,9 @@ pub struct GenerateRequest {
     pub seed: u64,
     /// Used instead of seeded noise: (1, C, F', H/8, W/8), f32.
     pub init_latents: Option<Tensor>,
+    /// Camera motion as [horizontal, vertical, pan, tilt, roll, zoom], each −10 to 10, for
+    /// models with kiln's camera embedder; `None` leaves the camera to the prompt.
+    pub camera: Option<[f64; 6]>,
 }
 
 impl GenerateRequest {
@@ -83,6 +87,29 @@ impl GenerateRequest {
                 "guidance = {}, expected a number from 0 to 50 (1 or less turns guidance off)",
                 self.guidance_scale
             ));
+        }
+        if let Some(axes) = &self.camera {
+            match g.camera_dim {
+                None => {
+                    return bad(
+                        "--camera: this model has no camera control; leave out --camera or use a model with a camera embedder (kiln's bundled model)"
+                            .into(),
+                    )
+                }
+                Some(d) if d != CAMERA_DIM => {
+                    return bad(format!(
+                        "--camera: this model's camera embedder takes {d} numbers but kiln sends {CAMERA_DIM} (six axes and a 'given' flag); leave out --camera or use a model trained by kiln"
+                    ))
+                }
+                Some(_) => {}
+            }
+            for (name, v) in CAMERA_AXES.iter().zip(axes) {
+                if !v.is_finite() || v.abs() > CAMERA_LIMIT {
+                    return bad(format!(
+                        "--camera {name} = {v}, expected a number from -{CAMERA_LIMIT} to {CAMERA_LIMIT}"
+                    ));
+                }
+            }
         }
         if let Some(t) = &self.init_latents {
             let want = self.latent_shape(g);

@@ -61,6 +61,7 @@ fn request(c: &Case) -> GenerateRequest {
         guidance_scale: p["guidance_scale"].as_f64().unwrap(),
         seed: 0,
         init_latents: Some(c.reference["pipeline_init_latents"].clone()),
+        camera: None,
     }
 }
 

@@ -48,7 +48,7 @@ fn mean(xs: &[f64]) -> f64 {
 fn vae_loss_falls_and_resume_is_exact() {
     let steps = 30;
     let whole_dir = scratch("vae-whole");
-    let whole = train_vae(&tiny(whole_dir.clone(), steps, 2e-3), &mut |_| {}).expect("train");
+    let whole = train_vae(&tiny(whole_dir.clone(), steps, 1e-3), &mut |_| {}).expect("train");
     assert_eq!(whole.losses.len(), steps as usize);
     let (head, tail) = (
         mean(&whole.losses[..5]),
@@ -58,8 +58,8 @@ fn vae_loss_falls_and_resume_is_exact() {
     assert!(tail < 0.7 * head, "VAE loss did not fall: {head} -> {tail}");
 
     let split_dir = scratch("vae-split");
-    let first = train_vae(&tiny(split_dir.clone(), 12, 2e-3), &mut |_| {}).expect("first half");
-    let mut opts = tiny(split_dir.clone(), steps, 2e-3);
+    let first = train_vae(&tiny(split_dir.clone(), 12, 1e-3), &mut |_| {}).expect("first half");
+    let mut opts = tiny(split_dir.clone(), steps, 1e-3);
     opts.resume = true;
     let second = train_vae(&opts, &mut |_| {}).expect("resume");
     assert_eq!(second.first_step, 12);
@@ -73,7 +73,7 @@ fn vae_loss_falls_and_resume_is_exact() {
     assert!(split_dir.join("model/vae/config.json").is_file());
 
     // Without --resume an existing run is refused rather than overwritten.
-    assert!(train_vae(&tiny(split_dir.clone(), steps, 2e-3), &mut |_| {}).is_err());
+    assert!(train_vae(&tiny(split_dir.clone(), steps, 1e-3), &mut |_| {}).is_err());
     let _ = std::fs::remove_dir_all(whole_dir);
     let _ = std::fs::remove_dir_all(split_dir);
 }

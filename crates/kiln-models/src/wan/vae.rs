@@ -9,7 +9,7 @@
 //! batch of frames is a plain conv2d batch; the public API takes and returns diffusers'
 //! `(B, C, T, H, W)`.
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
@@ -459,6 +459,16 @@ impl AttentionBlock {
     }
 }
 
+/// candle's fused softmax records no backward op, so a graph that tracks gradients
+/// (training from a `VarMap`) takes the composite form; inference keeps the fused kernel.
+fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.track_op() {
+        candle_nn::ops::softmax(x, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
 impl Module for AttentionBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, c, h, w) = x.dims5()?;
@@ -470,8 +480,7 @@ impl Module for AttentionBlock {
         let k = qkv.narrow(2, c, c)?.contiguous()?;
         let v = qkv.narrow(2, 2 * c, c)?.contiguous()?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (c as f64).sqrt()))?;
-        let weights =
-            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+        let weights = softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
         let out = weights.matmul(&v)?; // (N, HW, C)
         let out = out.transpose(1, 2)?.reshape((b * t, c, h, w))?;
         let out = self.proj.forward(&out)?;
