@@ -276,7 +276,7 @@ fn run_loop(
             "step"
         );
         on_step(&report);
-        if run.state.step % opts.checkpoint_every == 0 || run.state.step == opts.steps {
+        if run.state.step.is_multiple_of(opts.checkpoint_every) || run.state.step == opts.steps {
             run.state.wall_seconds = wall_before + session.elapsed().as_secs_f64();
             save(&run.dir, optimizer)?;
             optimizer.save(&run.dir.join("optimizer.safetensors"))?;
