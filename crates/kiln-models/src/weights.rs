@@ -115,6 +115,13 @@ impl WeightSource {
         })
     }
 
+    /// Sets the key map after opening, so the layout can be detected from `stored_keys`
+    /// without mapping the files twice.
+    pub fn with_key_map(mut self, key_map: Option<KeyMap>) -> Self {
+        self.key_map = key_map;
+        self
+    }
+
     /// Every key stored in the files, as stored.
     pub fn stored_keys(&self) -> Vec<String> {
         self.tensors.tensors().into_iter().map(|(k, _)| k).collect()

@@ -63,11 +63,9 @@ fn weights(
         Some(_) => format!("the file given to {flag} is not a complete checkpoint of this component or does not match the model's config.json"),
         None => format!("the checkpoint folder {} is incomplete; download it again", dir.display()),
     };
-    let probe = WeightSource::open(&files, None, fix.clone())?;
-    let key_map = key_map_for(&probe.stored_keys());
-    drop(probe);
-    let source = WeightSource::open(&files, key_map, fix)?;
-    Ok(source.into_var_builder(dtype, device))
+    let source = WeightSource::open(&files, None, fix)?;
+    let key_map = key_map_for(&source.stored_keys());
+    Ok(source.with_key_map(key_map).into_var_builder(dtype, device))
 }
 
 fn require_dir(model: &Path, sub: &str) -> Result<PathBuf, PipelineError> {
