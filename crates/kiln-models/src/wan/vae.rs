@@ -207,23 +207,90 @@ fn frames_as_batch(x: &Tensor) -> Result<Tensor> {
     x.reshape((b * t, c, h, w))
 }
 
-/// conv2d over a batch of frames. candle's CPU backend has no bf16 GEMM, so there bf16
-/// operands are widened to f32 for the convolution; callers accumulate in f32 anyway.
-fn conv2d(x: &Tensor, weight: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
-    if x.dtype() == DType::BF16 && x.device().is_cpu() {
-        let x = x.to_dtype(DType::F32)?;
-        x.conv2d(&weight.to_dtype(DType::F32)?, padding, stride, 1, 1)
+/// Above this many column elements (256 MB in f32) an inference convolution takes the
+/// per-tap conv2d path instead of materialising its im2col columns (full-size Wan decodes).
+const MAX_COLUMN_ELEMENTS: usize = 1 << 26;
+
+/// Rows `start, start + stride, ...` (`len` of them) of dimension `dim`, past the end read as
+/// zeros: a strided slice built from a narrow and a reshape, so its backward is a copy.
+fn strided_narrow(
+    x: &Tensor,
+    dim: usize,
+    start: usize,
+    len: usize,
+    stride: usize,
+) -> Result<Tensor> {
+    if stride == 1 {
+        return x.narrow(dim, start, len);
+    }
+    let need = stride * len;
+    let avail = x.dim(dim)?.saturating_sub(start).min(need);
+    let mut xs = x.narrow(dim, start, avail)?;
+    if avail < need {
+        xs = xs.pad_with_zeros(dim, 0, need - avail)?;
+    }
+    let mut shape = xs.dims().to_vec();
+    shape[dim] = len;
+    shape.insert(dim + 1, stride);
+    xs.reshape(shape)?.narrow(dim + 1, 0, 1)?.squeeze(dim + 1)
+}
+
+/// A convolution of already padded frames `x` `(B, T, C, H, W)` as one matmul: each kernel
+/// tap is a strided view of `x`; stacked along channels they are the im2col columns, and
+/// `weight` `(O, kt·kh·kw·C)` (taps outer, channels inner) multiplies them. Its backward is
+/// matmuls and copies — candle's CPU conv backward is a direct transposed convolution that
+/// made VAE training impractical. Returns f32 `(B, T', O, H', W')` without bias.
+fn conv_as_matmul(
+    x: &Tensor,
+    weight: &Tensor,
+    kernel: (usize, usize, usize),
+    stride: (usize, usize),
+) -> Result<Tensor> {
+    let (b, t, c, h, w) = x.dims5()?;
+    let (kt, kh, kw) = kernel;
+    let (st, s) = stride;
+    if t < kt || h < kh || w < kw {
+        candle_core::bail!("conv: input {t}x{h}x{w} is smaller than the kernel {kt}x{kh}x{kw}");
+    }
+    let (t_out, ho, wo) = ((t - kt) / st + 1, (h - kh) / s + 1, (w - kw) / s + 1);
+    let taps = kt * kh * kw;
+    let mut views = Vec::with_capacity(taps);
+    for dt in 0..kt {
+        let xt = strided_narrow(x, 1, dt, t_out, st)?;
+        for dh in 0..kh {
+            let xh = strided_narrow(&xt, 3, dh, ho, s)?;
+            for dw in 0..kw {
+                views.push(strided_narrow(&xh, 4, dw, wo, s)?);
+            }
+        }
+    }
+    let cols = if taps == 1 {
+        views.pop().expect("one tap")
     } else {
-        x.conv2d(weight, padding, stride, 1, 1)
+        Tensor::stack(&views, 2)?
+    };
+    let cols = cols.reshape((b * t_out, taps * c, ho * wo))?;
+    let y = weight.broadcast_matmul(&cols)?;
+    y.reshape((b, t_out, weight.dim(0)?, ho, wo))
+}
+
+/// candle's CPU backend has no bf16 GEMM, so bf16 operands are widened to f32 there.
+fn widen_on_cpu(x: &Tensor) -> Result<Tensor> {
+    if x.dtype() == DType::BF16 && x.device().is_cpu() {
+        x.to_dtype(DType::F32)
+    } else {
+        Ok(x.clone())
     }
 }
 
 /// A 2D convolution with bias applied to `(N, C, H, W)` frames (`nn.Conv2d` in diffusers).
 #[derive(Debug, Clone)]
 struct FrameConv {
+    /// `(out, kh·kw·in)`, taps outer.
     weight: Tensor,
     /// f32, `(1, out, 1, 1)`: added before rounding to the activation dtype.
     bias: Tensor,
+    kernel: usize,
     padding: usize,
     stride: usize,
 }
@@ -238,10 +305,14 @@ impl FrameConv {
         vb: VarBuilder,
     ) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim, kernel, kernel), "weight")?;
+        let weight = weight
+            .permute((0, 2, 3, 1))?
+            .reshape((out_dim, kernel * kernel * in_dim))?;
         let bias = vb.get(out_dim, "bias")?.to_dtype(DType::F32)?;
         Ok(Self {
             weight,
             bias: bias.reshape((1, out_dim, 1, 1))?,
+            kernel,
             padding,
             stride,
         })
@@ -250,22 +321,50 @@ impl FrameConv {
 
 impl Module for FrameConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        conv2d(x, &self.weight, self.padding, self.stride)?
-            .to_dtype(DType::F32)?
+        let (n, c, h, w) = x.dims4()?;
+        let xw = widen_on_cpu(x)?;
+        let weight = widen_on_cpu(&self.weight)?;
+        let p = self.padding;
+        let xw = if p > 0 {
+            xw.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?
+        } else {
+            xw
+        };
+        let k = self.kernel;
+        let y = if x.track_op() || n * k * k * c * h * w <= MAX_COLUMN_ELEMENTS {
+            let y = conv_as_matmul(
+                &xw.reshape((1, n, c, h + 2 * p, w + 2 * p))?,
+                &weight,
+                (1, k, k),
+                (1, self.stride),
+            )?;
+            let (_, _, o, ho, wo) = y.dims5()?;
+            y.reshape((n, o, ho, wo))?
+        } else {
+            let o = weight.dim(0)?;
+            let kernel = weight
+                .reshape((o, k, k, c))?
+                .permute((0, 3, 1, 2))?
+                .contiguous()?;
+            xw.conv2d(&kernel, 0, self.stride, 1, 1)?
+        };
+        y.to_dtype(DType::F32)?
             .broadcast_add(&self.bias)?
             .to_dtype(x.dtype())
     }
 }
 
 /// A 3D convolution that is causal in time: `2 * padding_t` frames of padding all go in
-/// front, taken from the cache when one is given. Computed as a sum over the temporal taps
-/// of conv2d over batches of frames.
+/// front, taken from the cache when one is given. Computed as one im2col matmul, or for
+/// inputs whose columns would be too large, as a sum over temporal taps of conv2d.
 #[derive(Debug, Clone)]
 struct CausalConv3d {
-    /// `weight[:, :, k]` for each temporal tap `k`, each `(out, in, kh, kw)`.
-    taps: Vec<Tensor>,
+    /// `(out, kt·kh·kw·in)`, taps outer.
+    weight: Tensor,
     /// Kept in f32: the taps are summed in f32.
     bias: Tensor,
+    kernel: (usize, usize, usize),
+    in_dim: usize,
     stride_t: usize,
     pad_front: usize,
     pad_hw: usize,
@@ -282,14 +381,16 @@ impl CausalConv3d {
     ) -> Result<Self> {
         let (kt, kh, kw) = kernel;
         let weight = vb.get((out_dim, in_dim, kt, kh, kw), "weight")?;
-        let taps = (0..kt)
-            .map(|k| weight.narrow(2, k, 1)?.squeeze(2)?.contiguous())
-            .collect::<Result<Vec<_>>>()?;
+        let weight = weight
+            .permute((0, 2, 3, 4, 1))?
+            .reshape((out_dim, kt * kh * kw * in_dim))?;
         let bias = vb.get(out_dim, "bias")?.to_dtype(DType::F32)?;
         let (padding_t, pad_hw) = padding;
         Ok(Self {
-            taps,
-            bias: bias.reshape((1, out_dim, 1, 1))?,
+            weight,
+            bias: bias.reshape((1, 1, out_dim, 1, 1))?,
+            kernel,
+            in_dim,
             stride_t,
             pad_front: 2 * padding_t,
             pad_hw,
@@ -321,32 +422,61 @@ impl CausalConv3d {
         } else {
             x
         };
+        let (kt, kh, kw) = self.kernel;
         let (b, t, c, h, w) = x.dims5()?;
-        let kt = self.taps.len();
         if t < kt {
             candle_core::bail!("causal conv3d: {t} frames after padding, kernel needs {kt}");
         }
         let t_out = (t - kt) / self.stride_t + 1;
-        let mut acc: Option<Tensor> = None;
-        for (k, tap) in self.taps.iter().enumerate() {
-            // Frames k, k + s, ..., k + s * (t_out - 1) meet tap k.
-            let frames = if self.stride_t == 1 {
-                x.narrow(1, k, t_out)?
+        let columns = b * t_out * kt * kh * kw * c * h * w;
+        let y = if x.track_op() || columns <= MAX_COLUMN_ELEMENTS {
+            let p = self.pad_hw;
+            let xw = widen_on_cpu(&x)?;
+            let xw = if p > 0 {
+                xw.pad_with_zeros(3, p, p)?.pad_with_zeros(4, p, p)?
             } else {
-                let idx: Vec<u32> = (0..t_out).map(|i| (k + i * self.stride_t) as u32).collect();
-                x.index_select(&Tensor::new(idx, x.device())?, 1)?
+                xw
             };
-            let frames = frames.reshape((b * t_out, c, h, w))?;
-            let y = conv2d(&frames, tap, self.pad_hw, 1)?.to_dtype(DType::F32)?;
+            conv_as_matmul(
+                &xw,
+                &widen_on_cpu(&self.weight)?,
+                self.kernel,
+                (self.stride_t, 1),
+            )?
+        } else {
+            self.forward_by_taps(&x, t_out)?
+        };
+        y.to_dtype(DType::F32)?
+            .broadcast_add(&self.bias)?
+            .to_dtype(x.dtype())
+    }
+
+    /// The sum over temporal taps of conv2d over batches of frames: no im2col columns of
+    /// the whole chunk in memory at once.
+    fn forward_by_taps(&self, x: &Tensor, t_out: usize) -> Result<Tensor> {
+        let (b, _, c, h, w) = x.dims5()?;
+        let (kt, kh, kw) = self.kernel;
+        let out = self.weight.dim(0)?;
+        let weight = widen_on_cpu(&self.weight)?.reshape((out, kt, kh, kw, self.in_dim))?;
+        let mut acc: Option<Tensor> = None;
+        for k in 0..kt {
+            let tap = weight
+                .narrow(1, k, 1)?
+                .squeeze(1)?
+                .permute((0, 3, 1, 2))?
+                .contiguous()?;
+            // Frames k, k + s, ..., k + s * (t_out - 1) meet tap k.
+            let frames = strided_narrow(x, 1, k, t_out, self.stride_t)?;
+            let frames = widen_on_cpu(&frames.reshape((b * t_out, c, h, w))?)?;
+            let y = frames
+                .conv2d(&tap, self.pad_hw, 1, 1, 1)?
+                .to_dtype(DType::F32)?;
             acc = Some(match acc {
                 Some(a) => (a + y)?,
                 None => y,
             });
         }
-        let y = match acc {
-            Some(y) => y.broadcast_add(&self.bias)?.to_dtype(x.dtype())?,
-            None => candle_core::bail!("causal conv3d without temporal taps"),
-        };
+        let y = acc.ok_or_else(|| candle_core::Error::Msg("causal conv3d without taps".into()))?;
         let (_, o, ho, wo) = y.dims4()?;
         y.reshape((b, t_out, o, ho, wo))
     }
@@ -943,6 +1073,37 @@ impl WanVae {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The im2col matmul (training, small inputs) and the per-tap conv2d fallback (large
+    /// inference inputs) are the same convolution, strided in time or not.
+    #[test]
+    fn conv_paths_agree() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let mut tensors = std::collections::HashMap::new();
+        tensors.insert(
+            "weight".to_string(),
+            Tensor::randn(0f32, 1.0, (5, 3, 3, 3, 3), &dev)?,
+        );
+        tensors.insert("bias".to_string(), Tensor::randn(0f32, 1.0, 5, &dev)?);
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
+        let x = Tensor::randn(0f32, 1.0, (2, 6, 3, 7, 9), &dev)?;
+        for stride_t in [1, 2] {
+            let conv = CausalConv3d::new(3, 5, (3, 3, 3), stride_t, (1, 1), vb.clone())?;
+            let by_matmul = conv.forward(&x, None)?;
+            let padded = x.pad_with_zeros(1, 2, 0)?;
+            let t_out = (padded.dim(1)? - 3) / stride_t + 1;
+            let by_taps = conv
+                .forward_by_taps(&padded, t_out)?
+                .broadcast_add(&conv.bias)?;
+            assert_eq!(by_matmul.dims(), by_taps.dims());
+            let diff = (by_matmul - by_taps)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert!(diff < 1e-4, "stride {stride_t}: paths differ by {diff}");
+        }
+        Ok(())
+    }
 
     #[test]
     fn config_defaults_are_wan21() {
