@@ -240,6 +240,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         seed,
         init_latents,
         camera: None,
+        conditions: Default::default(),
     };
 
     let bar = ProgressBar::new_spinner();

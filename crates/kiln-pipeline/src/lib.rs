@@ -25,6 +25,7 @@ use kiln_models::wan::vae::WanVae;
 use kiln_sampling::{classifier_free_guidance, Scheduler, SchedulerConfig};
 
 pub use checkpoint::CheckpointPaths;
+pub use conditioning::{DynamicMask, VideoConditions};
 pub use kiln_sampling::guidance_from_cfg_scale;
 pub use request::{GenerateRequest, DEFAULT_NEGATIVE_PROMPT, MAX_PROMPT_CHARS};
 
@@ -217,7 +218,19 @@ impl WanPipeline {
         } else {
             None
         };
-        let condition = self.text_only_condition(req.num_frames, req.height, req.width)?;
+        let condition = if req.conditions.is_empty() {
+            self.text_only_condition(req.num_frames, req.height, req.width)?
+        } else {
+            Some(conditioning::given(
+                &self.vae,
+                &req.conditions,
+                req.num_frames,
+                req.height,
+                req.width,
+                self.dtype,
+                &self.device,
+            )?)
+        };
         let camera = match req.camera {
             Some(axes) => Some(Tensor::from_vec(
                 conditioning::camera_vector(axes).to_vec(),

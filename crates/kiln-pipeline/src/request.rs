@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Tensor};
 
-use crate::conditioning::{CAMERA_AXES, CAMERA_DIM, CAMERA_LIMIT};
+use crate::conditioning::{VideoConditions, CAMERA_AXES, CAMERA_DIM, CAMERA_LIMIT};
 use crate::{ModelGeometry, PipelineError};
 
 /// The seeds' default negative prompt.
@@ -26,6 +26,9 @@ pub struct GenerateRequest {
     /// Camera motion as [horizontal, vertical, pan, tilt, roll, zoom], each −10 to 10, for
     /// models with kiln's camera embedder; `None` leaves the camera to the prompt.
     pub camera: Option<[f64; 6]>,
+    /// First frame, last frame, static and dynamic masks, for models that take the Wan
+    /// image-to-video input form.
+    pub conditions: VideoConditions,
 }
 
 impl GenerateRequest {
@@ -110,6 +113,17 @@ impl GenerateRequest {
                     ));
                 }
             }
+        }
+        if !self.conditions.is_empty() {
+            if g.conditioning_channels == 0 {
+                return bad(
+                    "this model takes text only; --image, --image-tail and the masks need an image-to-video model (kiln's bundled model or a Wan i2v checkpoint)"
+                        .into(),
+                );
+            }
+            self.conditions
+                .validate(self.height, self.width)
+                .map_err(PipelineError::Input)?;
         }
         if let Some(t) = &self.init_latents {
             let want = self.latent_shape(g);

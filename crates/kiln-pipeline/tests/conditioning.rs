@@ -12,8 +12,10 @@ use candle_nn::{VarBuilder, VarMap};
 use kiln_models::umt5::UMT5EncoderModel;
 use kiln_models::wan::transformer::WanTransformer;
 use kiln_models::wan::vae::WanVae;
-use kiln_pipeline::conditioning::camera_vector;
-use kiln_pipeline::{CheckpointPaths, GenerateRequest, PipelineError, WanPipeline};
+use kiln_pipeline::conditioning::{camera_vector, mask_channels};
+use kiln_pipeline::{
+    CheckpointPaths, DynamicMask, GenerateRequest, PipelineError, VideoConditions, WanPipeline,
+};
 use kiln_train::checkpoint::{
     create_dir, model_index_json, save_varmap, scheduler_config_json, write_json,
 };
@@ -158,6 +160,7 @@ fn request(camera: Option<[f64; 6]>) -> GenerateRequest {
         seed: 1,
         init_latents: None,
         camera,
+        conditions: Default::default(),
     }
 }
 
@@ -316,4 +319,135 @@ fn plain_models_are_unchanged_and_refuse_a_camera() {
         err.contains("--camera") && err.contains("this model has no camera control"),
         "{err}"
     );
+}
+
+/// RGB8 frame `t` of clip 0 of a training batch (its video is `u8 / 127.5 − 1`).
+fn batch_frame(video: &Tensor, t: usize) -> Vec<u8> {
+    let frame = video
+        .get(0)
+        .unwrap()
+        .narrow(1, t, 1)
+        .unwrap()
+        .squeeze(1)
+        .unwrap();
+    let hwc = frame.permute((1, 2, 0)).unwrap().flatten_all().unwrap();
+    let v: Vec<f32> = hwc.to_vec1().unwrap();
+    v.iter()
+        .map(|x| ((x + 1.0) * 127.5).round() as u8)
+        .collect()
+}
+
+#[test]
+fn first_and_last_frame_conditioning_is_what_training_feeds() {
+    let device = Device::Cpu;
+    let geometry = ClipGeometry {
+        sizes: vec![(WIDTH as u32, HEIGHT as u32)],
+        frame_counts: vec![9],
+        ..ClipGeometry::tiny()
+    };
+    let batch = clip_batch(&geometry, 5, 2, 1, Stream::Scenes, &device).unwrap();
+    let both = ConditionRates {
+        first_frame: 1.0,
+        last_frame: 1.0,
+        static_region: 0.0,
+        object_track: 0.0,
+        ..ConditionRates::default()
+    };
+    let mut rng = rng_for(5, 2, Stream::Conditioning);
+    let training = sample_conditioning(&batch, &both, &mut rng, 8, 4, &device).unwrap();
+
+    let conditions = VideoConditions {
+        first_frame: Some(batch_frame(&batch.video, 0)),
+        last_frame: Some(batch_frame(&batch.video, 8)),
+        ..Default::default()
+    };
+    conditions.validate(HEIGHT, WIDTH).unwrap();
+    let (known, video) = conditions.known_pixels(9, HEIGHT, WIDTH);
+    let train_video: Vec<f32> = training.video.flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(video, train_video);
+    let channels = mask_channels(&known, 9, HEIGHT, WIDTH, 8, 4);
+    let train_channels: Vec<f32> = training
+        .mask_channels
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(channels, train_channels);
+    // Latent frame 0 is the first frame in all four channels; frame 1 (pixel frames 1-4)
+    // is unknown; frame 2's last channel is pixel frame 8, the last frame.
+    let cells = (HEIGHT / 8) * (WIDTH / 8);
+    let at = |j: usize, i: usize| channels[(j * 3 + i) * cells];
+    assert_eq!(
+        [at(0, 0), at(3, 0), at(0, 1), at(2, 2), at(3, 2)],
+        [1.0, 1.0, 0.0, 0.0, 1.0]
+    );
+}
+
+#[test]
+fn masks_carry_first_frame_pixels() {
+    let (h, w, f) = (8usize, 8usize, 5usize);
+    let first: Vec<u8> = (0..h * w * 3).map(|i| (i % 251) as u8).collect();
+    let mut mask = vec![false; h * w];
+    mask[2 * w + 1] = true; // pixel (x 1, y 2)
+    let conditions = VideoConditions {
+        first_frame: Some(first.clone()),
+        static_mask: Some(mask.clone()),
+        dynamic_masks: vec![DynamicMask {
+            mask: mask.clone(),
+            trajectory: vec![[1.0, 2.0], [5.0, 2.0]],
+        }],
+        ..Default::default()
+    };
+    conditions.validate(h, w).unwrap();
+    let (known, video) = conditions.known_pixels(f, h, w);
+    let plane = h * w;
+    // Static: the pixel stays known at (1, 2) in every frame. Dynamic: it moves 1 px per
+    // frame to the right (4 px over 4 frame steps).
+    for t in 0..f {
+        assert!(known[t * plane + 2 * w + 1]);
+        let p = 2 * w + 1 + t;
+        assert!(known[t * plane + p], "frame {t}");
+        let red = video[t * plane + p];
+        assert_eq!(red, f32::from(first[3 * (2 * w + 1)]) / 127.5 - 1.0);
+    }
+    assert_eq!(known.iter().filter(|&&k| k).count(), plane + 2 * (f - 1));
+
+    let no_image = VideoConditions {
+        static_mask: Some(mask),
+        ..Default::default()
+    };
+    let err = no_image.validate(h, w).unwrap_err();
+    assert!(err.contains("add --image"), "{err}");
+    let wrong = VideoConditions {
+        first_frame: Some(vec![0; 10]),
+        ..Default::default()
+    };
+    assert!(wrong
+        .validate(h, w)
+        .unwrap_err()
+        .contains("--image: 10 bytes"));
+}
+
+#[test]
+fn generate_takes_conditions_and_text_models_refuse_them() {
+    let dir = scratch("conditions");
+    let model = write_tiny_bundled(&dir);
+    let pipe = load(&model).unwrap();
+    let mut req = request(None);
+    let first: Vec<u8> = (0..HEIGHT * WIDTH * 3)
+        .map(|i| (i * 7 % 256) as u8)
+        .collect();
+    req.conditions.first_frame = Some(first);
+    let with_image = pipe.generate(&req, &mut |_| true).unwrap().video;
+    let d = max_abs_diff(&with_image, &generate(&pipe, None));
+    assert!(d > 1e-4, "a first frame changed nothing (max diff {d})");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let plain =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wan/tiny_cfg/model");
+    let pipe = load(&plain).unwrap();
+    req.width = 16;
+    req.conditions.first_frame = Some(vec![0; HEIGHT * 16 * 3]);
+    let err = error_text(pipe.generate(&req, &mut |_| true).map(|g| g.video));
+    assert!(err.contains("this model takes text only"), "{err}");
 }

@@ -62,6 +62,7 @@ fn request(c: &Case) -> GenerateRequest {
         seed: 0,
         init_latents: Some(c.reference["pipeline_init_latents"].clone()),
         camera: None,
+        conditions: Default::default(),
     }
 }
 
