@@ -7,15 +7,18 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use kiln_media::image_in::{fit_image, load_image, FetchLimits, Fit, ImageSource, RgbImage};
 use kiln_media::video_out::{
     clip_frame, encode_poster_jpeg, write_atomically, write_video_file, EncodeOptions, VideoFormat,
 };
+use kiln_pipeline::conditioning::{camera_preset, CAMERA_AXES, CAMERA_PRESETS};
 use kiln_pipeline::{
-    CheckpointPaths, GenerateRequest, Progress, WanPipeline, DEFAULT_NEGATIVE_PROMPT,
+    CheckpointPaths, DynamicMask, GenerateRequest, ModelDefaults, Progress, VideoConditions,
+    WanPipeline,
 };
 
-/// Wan 2.1 renders at 16 frames per second.
-const FPS: u32 = 16;
+/// Where the bundled model lives in the repository.
+pub const BUNDLED_MODEL: &str = "models/kiln-bundled";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum ComputeDtype {
@@ -36,9 +39,9 @@ enum AspectRatio {
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// Checkpoint folder in the diffusers layout (model_index.json, tokenizer/, text_encoder/, transformer/, vae/, scheduler/).
+    /// Checkpoint folder in the diffusers layout (model_index.json, tokenizer/, text_encoder/, transformer/, vae/, scheduler/) [default: the bundled model, models/kiln-bundled].
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Transformer weights as one file (diffusers, original Wan or ComfyUI key names).
     #[arg(long)]
     transformer: Option<PathBuf>,
@@ -50,29 +53,49 @@ pub struct GenerateArgs {
     text_encoder: Option<PathBuf>,
     #[arg(long)]
     prompt: String,
-    #[arg(long, default_value = DEFAULT_NEGATIVE_PROMPT)]
-    negative_prompt: String,
-    /// Frame count, of the form 4n+1 [default: 81].
+    /// What to avoid [default: the model's; Wan's "blur, distort, and low quality", none for the bundled model].
+    #[arg(long)]
+    negative_prompt: Option<String>,
+    /// Frame count, of the form 4n+1 [default: 5 s at the model's frame rate].
     #[arg(long, conflicts_with = "duration")]
     frames: Option<usize>,
-    /// Clip length in seconds at 16 fps (5 → 81 frames, 10 → 161).
+    /// Clip length in seconds at the model's frame rate (Wan 16 fps: 5 → 81 frames; bundled 8 fps: 5 → 41, 10 → 81).
     #[arg(long)]
     duration: Option<f64>,
     #[arg(long, requires = "height", conflicts_with = "aspect_ratio")]
     width: Option<usize>,
     #[arg(long, requires = "width", conflicts_with = "aspect_ratio")]
     height: Option<usize>,
-    /// 16:9 → 832×480, 9:16 → 480×832, 1:1 → 624×624 [default: 16:9].
+    /// The model's size for this aspect (Wan: 16:9 → 832×480, 9:16 → 480×832, 1:1 → 624×624; bundled: 112×64, 64×112, 64×64) [default: 16:9].
     #[arg(long, value_enum)]
     aspect_ratio: Option<AspectRatio>,
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
-    /// Classifier-free guidance scale; 1 or less turns guidance off [default: 5.0].
+    /// Denoising steps [default: the model's; 50 for Wan].
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance scale; 1 or less turns guidance off [default: the model's; 5.0 for Wan].
     #[arg(long, conflicts_with = "cfg_scale")]
     guidance: Option<f64>,
     /// The hosted APIs' 0–1 CFG scale: guidance = 1 + 8 × cfg_scale (0.5 → 5.0).
     #[arg(long)]
     cfg_scale: Option<f64>,
+    /// First frame: an image file (PNG, JPEG, WebP, GIF) or http(s) URL, cropped to the clip's aspect and resized.
+    #[arg(long)]
+    image: Option<String>,
+    /// Last frame, as --image.
+    #[arg(long)]
+    image_tail: Option<String>,
+    /// Camera motion: a preset (down_back, forward_up, right_turn_forward, left_turn_forward), axes as name=value (e.g. pan=5,zoom=-3; horizontal, vertical, pan, tilt, roll, zoom, each -10..10), or six comma-separated numbers in that order.
+    #[arg(long, allow_hyphen_values = true)]
+    camera: Option<String>,
+    /// Mask image over --image: white marks the region that stays still in every frame.
+    #[arg(long, requires = "image")]
+    static_mask: Option<String>,
+    /// Mask image over --image: white marks a subject to move along the matching --trajectory (repeatable, paired in order).
+    #[arg(long, requires = "image")]
+    dynamic_mask: Vec<String>,
+    /// Path for the matching --dynamic-mask: points "x,y;x,y;..." in pixels of the --image file (origin top left), spread evenly over the clip.
+    #[arg(long)]
+    trajectory: Vec<String>,
     /// Random seed [default: drawn at random and reported].
     #[arg(long)]
     seed: Option<u64>,
@@ -104,34 +127,186 @@ pub struct GenerateArgs {
     json: bool,
 }
 
-fn frames_for(args: &GenerateArgs) -> Result<usize> {
+fn frames_for(args: &GenerateArgs, d: &ModelDefaults) -> Result<usize> {
     match (args.frames, args.duration) {
         (Some(f), _) => Ok(f),
         (None, Some(s)) => {
             if !(s.is_finite() && s > 0.0 && s <= 60.0) {
                 bail!("--duration {s}: expected seconds from 0 to 60, e.g. 5 or 10");
             }
-            Ok((s * FPS as f64).round() as usize + 1)
+            Ok(d.frames_for_seconds(s))
         }
-        (None, None) => Ok(81),
+        (None, None) => Ok(d.frames_for_seconds(f64::from(d.seconds))),
     }
 }
 
-fn size_for(args: &GenerateArgs) -> (usize, usize) {
-    match (args.width, args.height, args.aspect_ratio) {
-        (Some(w), Some(h), _) => (w, h),
-        (_, _, Some(AspectRatio::Portrait)) => (480, 832),
-        (_, _, Some(AspectRatio::Square)) => (624, 624),
-        _ => (832, 480),
-    }
+fn size_for(args: &GenerateArgs, d: &ModelDefaults) -> (usize, usize) {
+    let [w, h] = match (args.width, args.height, args.aspect_ratio) {
+        (Some(w), Some(h), _) => [w, h],
+        (_, _, Some(AspectRatio::Portrait)) => d.sizes.portrait,
+        (_, _, Some(AspectRatio::Square)) => d.sizes.square,
+        _ => d.sizes.landscape,
+    };
+    (w, h)
 }
 
-fn guidance_for(args: &GenerateArgs) -> Result<f64> {
+fn guidance_for(args: &GenerateArgs, d: &ModelDefaults) -> Result<f64> {
     match (args.guidance, args.cfg_scale) {
         (Some(g), _) => Ok(g),
         (None, Some(c)) => kiln_sampling_guidance(c),
-        (None, None) => Ok(5.0),
+        (None, None) => Ok(d.guidance_scale),
     }
+}
+
+/// `--model`, or the bundled model: beside the working directory, beside the binary
+/// (`target/release/kiln` → the repository's `models/`), or where this binary was built.
+pub fn model_dir(model: Option<&PathBuf>) -> Result<PathBuf> {
+    if let Some(m) = model {
+        return Ok(m.clone());
+    }
+    let mut candidates = vec![PathBuf::from(BUNDLED_MODEL)];
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.join("../..").join(BUNDLED_MODEL));
+            candidates.push(dir.join(BUNDLED_MODEL));
+        }
+    }
+    candidates.push(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(BUNDLED_MODEL),
+    );
+    candidates
+        .into_iter()
+        .find(|c| c.join("model_index.json").is_file())
+        .with_context(|| {
+            format!("no --model given and the bundled model ({BUNDLED_MODEL}) is not beside the working directory or the binary; run from the kiln repository or pass --model DIR")
+        })
+}
+
+/// `--camera`: a preset name, `axis=value` pairs, or six numbers.
+pub fn parse_camera(text: &str) -> Result<[f64; 6]> {
+    let text = text.trim();
+    if let Some(axes) = camera_preset(text) {
+        return Ok(axes);
+    }
+    let usage = || {
+        format!(
+            "--camera {text:?}: expected a preset ({}), axes as name=value (names: {}), or six comma-separated numbers",
+            CAMERA_PRESETS.join(", "),
+            CAMERA_AXES.join(", ")
+        )
+    };
+    let mut axes = [0.0; 6];
+    if text.contains('=') {
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').with_context(usage)?;
+            let i = CAMERA_AXES
+                .iter()
+                .position(|a| *a == name.trim())
+                .with_context(|| {
+                    format!("--camera: unknown axis {:?}; {}", name.trim(), usage())
+                })?;
+            axes[i] = value.trim().parse().with_context(usage)?;
+        }
+    } else {
+        let values: Vec<f64> = text
+            .split(',')
+            .map(|v| v.trim().parse::<f64>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| anyhow::anyhow!(usage()))?;
+        if values.len() != 6 {
+            bail!("{}", usage());
+        }
+        axes.copy_from_slice(&values);
+    }
+    Ok(axes)
+}
+
+/// `--trajectory "x,y;x,y"`.
+fn parse_trajectory(text: &str) -> Result<Vec<[f32; 2]>> {
+    text.split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (x, y) = p.split_once(',').with_context(|| {
+                format!("--trajectory: point {p:?} is not x,y; write points as \"x,y;x,y\"")
+            })?;
+            let x: f32 = x
+                .trim()
+                .parse()
+                .with_context(|| format!("--trajectory: {x:?} is not a number"))?;
+            let y: f32 = y
+                .trim()
+                .parse()
+                .with_context(|| format!("--trajectory: {y:?} is not a number"))?;
+            Ok([x, y])
+        })
+        .collect()
+}
+
+fn read_image(flag: &str, source: &str) -> Result<RgbImage> {
+    load_image(&ImageSource::parse(source), &FetchLimits::default())
+        .map_err(|e| anyhow::anyhow!("{flag} {source}: {e}"))
+}
+
+fn fitted(flag: &str, image: &RgbImage, width: usize, height: usize) -> Result<RgbImage> {
+    fit_image(image, width as u32, height as u32, Fit::CropCenter)
+        .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+}
+
+/// White (luma ≥ 128) pixels of a mask image fitted to the clip.
+fn read_mask(flag: &str, source: &str, width: usize, height: usize) -> Result<Vec<bool>> {
+    let image = fitted(flag, &read_image(flag, source)?, width, height)?;
+    Ok(image
+        .pixels
+        .chunks_exact(3)
+        .map(|p| 299 * u32::from(p[0]) + 587 * u32::from(p[1]) + 114 * u32::from(p[2]) >= 128_000)
+        .collect())
+}
+
+/// The images and masks of the request, fitted to the clip; trajectories are mapped from
+/// the --image file's pixels through the same crop and scale.
+fn conditions_for(args: &GenerateArgs, width: usize, height: usize) -> Result<VideoConditions> {
+    let mut c = VideoConditions::default();
+    let mut source_size = None;
+    if let Some(src) = &args.image {
+        let image = read_image("--image", src)?;
+        source_size = Some((image.width as f32, image.height as f32));
+        c.first_frame = Some(fitted("--image", &image, width, height)?.pixels);
+    }
+    if let Some(src) = &args.image_tail {
+        let image = read_image("--image-tail", src)?;
+        c.last_frame = Some(fitted("--image-tail", &image, width, height)?.pixels);
+    }
+    if let Some(src) = &args.static_mask {
+        c.static_mask = Some(read_mask("--static-mask", src, width, height)?);
+    }
+    if args.dynamic_mask.len() != args.trajectory.len() {
+        bail!(
+            "{} --dynamic-mask and {} --trajectory given; give one --trajectory per --dynamic-mask, in the same order",
+            args.dynamic_mask.len(),
+            args.trajectory.len()
+        );
+    }
+    for (mask, path) in args.dynamic_mask.iter().zip(&args.trajectory) {
+        let (sw, sh) = source_size.context("--dynamic-mask needs --image")?;
+        // Crop-centre: scale to cover, then cut the overflow equally from both sides.
+        let scale = (width as f32 / sw).max(height as f32 / sh);
+        let (ox, oy) = (
+            (sw * scale - width as f32) / 2.0,
+            (sh * scale - height as f32) / 2.0,
+        );
+        let trajectory = parse_trajectory(path)?
+            .into_iter()
+            .map(|[x, y]| [x * scale - ox, y * scale - oy])
+            .collect();
+        c.dynamic_masks.push(DynamicMask {
+            mask: read_mask("--dynamic-mask", mask, width, height)?,
+            trajectory,
+        });
+    }
+    Ok(c)
 }
 
 fn kiln_sampling_guidance(c: f64) -> Result<f64> {
@@ -191,27 +366,18 @@ fn to_rgb8(video: &[f32]) -> Vec<u8> {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let num_frames = frames_for(&args)?;
-    let (width, height) = size_for(&args);
-    let guidance_scale = guidance_for(&args)?;
     let output_kind = args
         .output
         .as_deref()
         .map(|p| output_kind(p, args.format.as_deref()))
         .transpose()?;
-    if args.output.is_some() && args.poster_frame >= num_frames {
-        bail!(
-            "--poster-frame {}: the clip has {num_frames} frames; pick 0-{}",
-            args.poster_frame,
-            num_frames.saturating_sub(1)
-        );
-    }
     if !(20..=99).contains(&args.quality) {
         bail!(
             "--quality {}: expected 20 to 99 (95 is the default)",
             args.quality
         );
     }
+    let camera = args.camera.as_deref().map(parse_camera).transpose()?;
     let seed = args.seed.unwrap_or_else(|| {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -229,19 +395,6 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         ComputeDtype::Bf16 => DType::BF16,
         ComputeDtype::F16 => DType::F16,
     };
-    let request = GenerateRequest {
-        prompt: args.prompt.clone(),
-        negative_prompt: args.negative_prompt.clone(),
-        num_frames,
-        height,
-        width,
-        steps: args.steps,
-        guidance_scale,
-        seed,
-        init_latents,
-        camera: None,
-        conditions: Default::default(),
-    };
 
     let bar = ProgressBar::new_spinner();
     if args.json {
@@ -252,13 +405,43 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let t_load = Instant::now();
     let device = Device::Cpu;
     let paths = CheckpointPaths {
-        model: args.model.clone(),
+        model: model_dir(args.model.as_ref())?,
         transformer: args.transformer.clone(),
         vae: args.vae.clone(),
         text_encoder: args.text_encoder.clone(),
     };
     let pipeline = WanPipeline::load(&paths, dtype, &device)?;
     let load_seconds = t_load.elapsed().as_secs_f64();
+    let defaults = pipeline.defaults().clone();
+    let fps = defaults.fps;
+
+    let num_frames = frames_for(&args, &defaults)?;
+    let (width, height) = size_for(&args, &defaults);
+    let guidance_scale = guidance_for(&args, &defaults)?;
+    if args.output.is_some() && args.poster_frame >= num_frames {
+        bail!(
+            "--poster-frame {}: the clip has {num_frames} frames; pick 0-{}",
+            args.poster_frame,
+            num_frames.saturating_sub(1)
+        );
+    }
+    let conditions = conditions_for(&args, width, height)?;
+    let request = GenerateRequest {
+        prompt: args.prompt.clone(),
+        negative_prompt: args
+            .negative_prompt
+            .clone()
+            .unwrap_or_else(|| defaults.negative_prompt.clone()),
+        num_frames,
+        height,
+        width,
+        steps: args.steps.unwrap_or(defaults.steps),
+        guidance_scale,
+        seed,
+        init_latents,
+        camera,
+        conditions,
+    };
 
     let mut on_progress = |p: Progress| {
         match p {
@@ -301,13 +484,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if let (Some(path), Some(kind)) = (&args.output, &output_kind) {
         let data: Vec<f32> = generated.video.flatten_all()?.to_vec1()?;
         match kind {
-            OutputKind::Y4m => crate::y4m::write(path, &data, f, h, w, FPS)
+            OutputKind::Y4m => crate::y4m::write(path, &data, f, h, w, fps)
                 .with_context(|| format!("{}: cannot write the video", path.display()))?,
             OutputKind::Encoded(format) => {
                 let rgb = to_rgb8(&data);
                 let opts = EncodeOptions {
                     format: *format,
-                    fps: FPS,
+                    fps,
                     quality: args.quality,
                 };
                 write_video_file(path, &rgb, f, w, h, &opts)?;
@@ -328,7 +511,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         "frames": f,
         "width": w,
         "height": h,
-        "fps": FPS,
+        "fps": fps,
         "steps": request.steps,
         "guidance_scale": guidance_scale,
         "dtype": format!("{dtype:?}").to_lowercase(),

@@ -1,6 +1,7 @@
 //! The `kiln` binary: parses arguments and wires the libraries together. Logic that a
 //! library could own lives in that library, not here.
 
+mod eval;
 mod generate;
 mod train;
 mod y4m;
@@ -41,6 +42,8 @@ struct Cli {
 enum Command {
     /// Generate a video from a text prompt.
     Generate(Box<generate::GenerateArgs>),
+    /// Measure a model's adherence on held-out scenes of the procedural world.
+    Eval(Box<eval::EvalArgs>),
     /// Train the bundled model (stage vae, then dit).
     Train(Box<train::TrainArgs>),
 }
@@ -57,6 +60,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(*args),
+        Command::Eval(args) => eval::run(*args),
         Command::Train(args) => train::run(*args),
     };
     if let Err(e) = result {

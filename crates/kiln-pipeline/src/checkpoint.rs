@@ -12,6 +12,7 @@ use kiln_models::{component_files, read_config, KeyMap, WeightSource};
 use kiln_sampling::SchedulerConfig;
 
 use crate::conditioning::MASK_CHANNELS;
+use crate::defaults::ModelDefaults;
 use crate::prompt::PromptTokenizer;
 use crate::{ModelGeometry, PipelineError};
 
@@ -34,6 +35,7 @@ pub(crate) struct Parts {
     pub vae: WanVae,
     pub scheduler_config: SchedulerConfig,
     pub geometry: ModelGeometry,
+    pub defaults: ModelDefaults,
 }
 
 fn load_err(message: String) -> PipelineError {
@@ -104,6 +106,8 @@ pub(crate) fn load(
         )));
     }
 
+    let defaults = ModelDefaults::from_model_index(&index)
+        .map_err(|e| load_err(format!("{}: {e}", model.join("model_index.json").display())))?;
     let tokenizer = PromptTokenizer::from_file(
         &require_dir(model, "tokenizer")?.join("tokenizer.json"),
         MAX_SEQUENCE_LENGTH,
@@ -202,5 +206,6 @@ pub(crate) fn load(
             patch,
             max_sequence_length: MAX_SEQUENCE_LENGTH,
         },
+        defaults,
     })
 }

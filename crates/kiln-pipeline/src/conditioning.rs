@@ -272,3 +272,27 @@ pub(crate) fn given(
     let mask = Tensor::from_vec(channels, (1, MASK_CHANNELS, f, h, w), device)?;
     Tensor::cat(&[&mask.to_dtype(latents.dtype())?, &latents], 1)?.to_dtype(dtype)
 }
+
+/// Axis strength of the camera presets (kiln-world renders them with the same value).
+pub const PRESET_STRENGTH: f64 = 6.0;
+
+/// The six axes of one of Kling's camera presets, by its API name.
+pub fn camera_preset(name: &str) -> Option<[f64; 6]> {
+    let s = PRESET_STRENGTH;
+    // [horizontal, vertical, pan, tilt, roll, zoom]
+    match name {
+        "down_back" => Some([0.0, 0.0, 0.0, -s, 0.0, -s]),
+        "forward_up" => Some([0.0, 0.0, 0.0, s, 0.0, s]),
+        "right_turn_forward" => Some([0.0, 0.0, s, 0.0, 0.0, s]),
+        "left_turn_forward" => Some([0.0, 0.0, -s, 0.0, 0.0, s]),
+        _ => None,
+    }
+}
+
+/// Preset names [`camera_preset`] knows.
+pub const CAMERA_PRESETS: [&str; 4] = [
+    "down_back",
+    "forward_up",
+    "right_turn_forward",
+    "left_turn_forward",
+];

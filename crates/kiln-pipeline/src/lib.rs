@@ -11,6 +11,7 @@
 
 mod checkpoint;
 pub mod conditioning;
+mod defaults;
 pub mod noise;
 pub mod prompt;
 mod request;
@@ -26,6 +27,7 @@ use kiln_sampling::{classifier_free_guidance, Scheduler, SchedulerConfig};
 
 pub use checkpoint::CheckpointPaths;
 pub use conditioning::{DynamicMask, VideoConditions};
+pub use defaults::{AspectSizes, ModelDefaults};
 pub use kiln_sampling::guidance_from_cfg_scale;
 pub use request::{GenerateRequest, DEFAULT_NEGATIVE_PROMPT, MAX_PROMPT_CHARS};
 
@@ -103,6 +105,7 @@ pub struct WanPipeline {
     vae: WanVae,
     scheduler_config: SchedulerConfig,
     geometry: ModelGeometry,
+    defaults: ModelDefaults,
     dtype: DType,
     device: Device,
     /// The last "nothing given" conditioning and its (frames, height, width): it depends on
@@ -126,6 +129,7 @@ impl WanPipeline {
             vae: parts.vae,
             scheduler_config: parts.scheduler_config,
             geometry: parts.geometry,
+            defaults: parts.defaults,
             dtype,
             device: device.clone(),
             text_only_condition: Mutex::new(None),
@@ -134,6 +138,11 @@ impl WanPipeline {
 
     pub fn geometry(&self) -> &ModelGeometry {
         &self.geometry
+    }
+
+    /// Request defaults of this checkpoint (Wan 2.1's unless it says otherwise).
+    pub fn defaults(&self) -> &ModelDefaults {
+        &self.defaults
     }
 
     pub fn dtype(&self) -> DType {

@@ -451,3 +451,13 @@ fn generate_takes_conditions_and_text_models_refuse_them() {
     let err = error_text(pipe.generate(&req, &mut |_| true).map(|g| g.video));
     assert!(err.contains("this model takes text only"), "{err}");
 }
+
+#[test]
+fn camera_presets_match_the_world() {
+    for preset in CameraPreset::ALL {
+        let axes =
+            kiln_pipeline::conditioning::camera_preset(preset.kling_name()).expect("known preset");
+        assert_eq!(axes, preset.axes().to_array().map(f64::from), "{preset:?}");
+    }
+    assert!(kiln_pipeline::conditioning::camera_preset("sideways").is_none());
+}

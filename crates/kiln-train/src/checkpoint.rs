@@ -112,6 +112,17 @@ pub fn model_index_json() -> Value {
         "boundary_ratio": null,
         "expand_timesteps": false,
         "kiln_conditioning": {"input": "wan-i2v-concat", "mask_channels": 4, "camera_dim": crate::sizes::CAMERA_DIM},
+        // Request defaults for `kiln generate` (kiln-pipeline's `ModelDefaults`): the clip
+        // geometry this model is trained at, and no negative prompt (training drops captions
+        // to the empty prompt, and Wan's default negative prompt is outside its vocabulary).
+        "kiln_defaults": {
+            "fps": 8,
+            "seconds": 5,
+            "sizes": {"16:9": [112, 64], "9:16": [64, 112], "1:1": [64, 64]},
+            "steps": 10,
+            "guidance_scale": 4.0,
+            "negative_prompt": ""
+        },
         "scheduler": ["diffusers", "UniPCMultistepScheduler"],
         "text_encoder": ["transformers", "UMT5EncoderModel"],
         "tokenizer": ["transformers", "T5Tokenizer"],
