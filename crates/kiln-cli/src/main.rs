@@ -3,6 +3,7 @@
 
 mod eval;
 mod generate;
+mod serve;
 mod train;
 mod y4m;
 
@@ -44,6 +45,8 @@ enum Command {
     Generate(Box<generate::GenerateArgs>),
     /// Measure a model's adherence on held-out scenes of the procedural world.
     Eval(Box<eval::EvalArgs>),
+    /// Serve kiln's HTTP API: a durable job queue with in-process workers.
+    Serve(Box<serve::ServeArgs>),
     /// Train the bundled model (stage vae, then dit).
     Train(Box<train::TrainArgs>),
 }
@@ -61,6 +64,7 @@ fn main() {
     let result = match cli.command {
         Command::Generate(args) => generate::run(*args),
         Command::Eval(args) => eval::run(*args),
+        Command::Serve(args) => serve::run(*args),
         Command::Train(args) => train::run(*args),
     };
     if let Err(e) = result {

@@ -121,6 +121,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         StageArg::Dit => train_dit(&opts, &mut on_step)?,
     };
     bar.finish_and_clear();
+    if matches!(args.stage, StageArg::Dit) {
+        write_condition_cache(&summary.model_dir, &opts)?;
+    }
     let n = summary.losses.len();
     if n == 0 {
         eprintln!(
@@ -141,6 +144,34 @@ pub fn run(args: TrainArgs) -> Result<()> {
         mean(&summary.losses[..window.min(n)]),
         mean(&summary.losses[n.saturating_sub(window)..]),
         summary.model_dir.display()
+    );
+    Ok(())
+}
+
+/// Ships the text-only condition of each trained clip size, for clips up to the longest the
+/// model serves (10 s), so `kiln generate` skips its VAE encode.
+fn write_condition_cache(model_dir: &std::path::Path, opts: &TrainOptions) -> Result<()> {
+    let paths = kiln_pipeline::CheckpointPaths {
+        model: model_dir.to_path_buf(),
+        ..Default::default()
+    };
+    let pipeline = kiln_pipeline::WanPipeline::load(
+        &paths,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )?;
+    let d = pipeline.defaults();
+    let frames = d.frames_for_seconds(10.0);
+    let sizes: Vec<(usize, usize)> = opts
+        .geometry
+        .sizes
+        .iter()
+        .map(|&(w, h)| (w as usize, h as usize))
+        .collect();
+    let path = pipeline.write_condition_cache(model_dir, &sizes, frames)?;
+    eprintln!(
+        "text-only conditions for {sizes:?} up to {frames} frames in {}",
+        path.display()
     );
     Ok(())
 }

@@ -11,6 +11,7 @@ use kiln_models::wan::{transformer_keys, vae_keys};
 use kiln_models::{component_files, read_config, KeyMap, WeightSource};
 use kiln_sampling::SchedulerConfig;
 
+use crate::condition_cache;
 use crate::conditioning::MASK_CHANNELS;
 use crate::defaults::ModelDefaults;
 use crate::prompt::PromptTokenizer;
@@ -36,6 +37,8 @@ pub(crate) struct Parts {
     pub scheduler_config: SchedulerConfig,
     pub geometry: ModelGeometry,
     pub defaults: ModelDefaults,
+    /// Text-only conditions shipped in the model folder, by (width, height).
+    pub shipped_conditions: std::collections::HashMap<(usize, usize), candle_core::Tensor>,
 }
 
 fn load_err(message: String) -> PipelineError {
@@ -149,6 +152,16 @@ pub(crate) fn load(
         device,
     )?;
     let vae = WanVae::new(&vae_cfg, vae_vb)?;
+    // Only hash the VAE (hundreds of MB for real Wan) when there is a cache to check.
+    let cache_path = model.join(condition_cache::FILE_NAME);
+    let shipped_conditions = if paths.vae.is_none() && cache_path.is_file() {
+        match condition_cache::vae_fingerprint(&component_files(&vae_dir)?) {
+            Ok(fingerprint) => condition_cache::read(&cache_path, &fingerprint, device),
+            Err(_) => Default::default(),
+        }
+    } else {
+        Default::default()
+    };
 
     let sched_path = require_dir(model, "scheduler")?.join("scheduler_config.json");
     // Parsing through the scheduler first gives errors that name the file and field.
@@ -207,5 +220,6 @@ pub(crate) fn load(
             max_sequence_length: MAX_SEQUENCE_LENGTH,
         },
         defaults,
+        shipped_conditions,
     })
 }

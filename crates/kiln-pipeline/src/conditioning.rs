@@ -41,12 +41,15 @@ pub(crate) fn nothing_given(
     dtype: DType,
     device: &Device,
 ) -> candle_core::Result<Tensor> {
-    // f32 like the training stream's condition video; `encode` casts to the VAE's dtype.
-    let video = Tensor::zeros((1, 3, frames, height, width), DType::F32, device)?;
-    let latents = vae.normalize(&vae.encode(&video)?)?;
-    let (_, _, f, h, w) = latents.dims5()?;
-    let mask = Tensor::zeros((1, MASK_CHANNELS, f, h, w), latents.dtype(), device)?;
-    Tensor::cat(&[&mask, &latents], 1)?.to_dtype(dtype)
+    given(
+        vae,
+        &VideoConditions::default(),
+        frames,
+        height,
+        width,
+        dtype,
+        device,
+    )
 }
 
 /// Pixels of the first frame carried along a path: Kling's `dynamic_masks` entry.

@@ -10,6 +10,7 @@
 //! (that is `kiln-sampling`).
 
 mod checkpoint;
+pub mod condition_cache;
 pub mod conditioning;
 mod defaults;
 pub mod noise;
@@ -112,6 +113,8 @@ pub struct WanPipeline {
     /// the clip's shape only, so repeated requests skip its VAE encode. The encoder is
     /// causal, so a shorter clip of the same size takes the first latent frames.
     text_only_condition: Mutex<Option<(ClipShape, Tensor)>>,
+    /// Text-only conditions shipped with the model (see [`condition_cache`]).
+    shipped_conditions: std::collections::HashMap<(usize, usize), Tensor>,
 }
 
 impl WanPipeline {
@@ -133,6 +136,7 @@ impl WanPipeline {
             dtype,
             device: device.clone(),
             text_only_condition: Mutex::new(None),
+            shipped_conditions: parts.shipped_conditions,
         })
     }
 
@@ -179,6 +183,13 @@ impl WanPipeline {
                 "frames = 0; a clip needs at least one frame".into(),
             ));
         }
+        let latent_frames = (num_frames - 1) / self.geometry.temporal_factor + 1;
+        if let Some(t) = self.shipped_conditions.get(&(width, height)) {
+            // The encoder is causal: a shorter clip's condition is a prefix of a longer one.
+            if t.dim(2)? >= latent_frames {
+                return Ok(Some(t.narrow(2, 0, latent_frames)?.to_dtype(self.dtype)?));
+            }
+        }
         // A poisoned lock only means another request failed mid-encode; the cache is
         // replaced whole, so its content is still consistent.
         let mut cache = self
@@ -187,7 +198,6 @@ impl WanPipeline {
             .unwrap_or_else(|e| e.into_inner());
         if let Some(((frames, h, w), t)) = cache.as_ref() {
             if (*h, *w) == (height, width) && num_frames <= *frames {
-                let latent_frames = (num_frames - 1) / self.geometry.temporal_factor + 1;
                 return Ok(Some(t.narrow(2, 0, latent_frames)?));
             }
         }
@@ -201,6 +211,35 @@ impl WanPipeline {
         )?;
         *cache = Some(((num_frames, height, width), t.clone()));
         Ok(Some(t))
+    }
+
+    /// Computes the text-only conditions of `sizes` ((width, height)) for clips of up to
+    /// `frames` frames and writes them into `model_dir` (the folder this pipeline was
+    /// loaded from, without a `--vae` override), so later loads skip their VAE encode.
+    pub fn write_condition_cache(
+        &self,
+        model_dir: &std::path::Path,
+        sizes: &[(usize, usize)],
+        frames: usize,
+    ) -> Result<std::path::PathBuf, PipelineError> {
+        if self.geometry.conditioning_channels == 0 {
+            return Err(PipelineError::Input(
+                "this model takes text only; it has no conditions to cache".into(),
+            ));
+        }
+        let files = kiln_models::component_files(&model_dir.join("vae"))?;
+        let fingerprint =
+            condition_cache::vae_fingerprint(&files).map_err(|e| PipelineError::Load {
+                message: format!("{}: {e}", model_dir.join("vae").display()),
+            })?;
+        let mut conditions = Vec::with_capacity(sizes.len());
+        for &(w, h) in sizes {
+            let t = conditioning::nothing_given(&self.vae, frames, h, w, DType::F32, &self.device)?;
+            conditions.push(((w, h), t));
+        }
+        let path = model_dir.join(condition_cache::FILE_NAME);
+        condition_cache::write(&path, &fingerprint, &conditions)?;
+        Ok(path)
     }
 
     /// Runs text-to-video. `progress` is told of each phase and step; returning `false`

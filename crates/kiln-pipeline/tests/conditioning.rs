@@ -461,3 +461,46 @@ fn camera_presets_match_the_world() {
     }
     assert!(kiln_pipeline::conditioning::camera_preset("sideways").is_none());
 }
+
+#[test]
+fn shipped_text_only_conditions_equal_the_encode_and_follow_the_vae() {
+    let dir = scratch("condition-cache");
+    let model = write_tiny_bundled(&dir);
+    let fresh = load(&model).unwrap();
+    let computed = fresh
+        .text_only_condition(FRAMES, HEIGHT, WIDTH)
+        .unwrap()
+        .unwrap();
+    let path = fresh
+        .write_condition_cache(&model, &[(WIDTH, HEIGHT)], 9)
+        .unwrap();
+    assert!(path.is_file());
+
+    let cached = load(&model).unwrap();
+    let t = cached
+        .text_only_condition(FRAMES, HEIGHT, WIDTH)
+        .unwrap()
+        .unwrap();
+    assert_eq!(max_abs_diff(&t, &computed), 0.0);
+    // And generation is unchanged by where the condition came from.
+    assert_eq!(
+        max_abs_diff(&generate(&cached, None), &generate(&fresh, None)),
+        0.0
+    );
+
+    // Other VAE weights: the cache no longer matches and is ignored (recomputed).
+    let vae_file = model.join("vae/diffusion_pytorch_model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&vae_file, &Device::Cpu).unwrap();
+    // The input is all zeros, so only a bias reaches the encoding.
+    let name = "encoder.conv_in.bias".to_string();
+    let w = (tensors[&name].clone() + 0.5).unwrap();
+    tensors.insert(name, w);
+    candle_core::safetensors::save(&tensors, &vae_file).unwrap();
+    let changed = load(&model).unwrap();
+    let recomputed = changed
+        .text_only_condition(FRAMES, HEIGHT, WIDTH)
+        .unwrap()
+        .unwrap();
+    assert!(max_abs_diff(&recomputed, &computed) > 1e-6);
+    let _ = std::fs::remove_dir_all(&dir);
+}

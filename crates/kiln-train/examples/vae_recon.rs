@@ -42,6 +42,23 @@ fn main() -> anyhow::Result<()> {
             .map(|v| v as u8)
             .collect();
         let n = (w * h * 3) as usize;
+        if let Ok(dir) = std::env::var("VAE_RECON_DUMP") {
+            // Original frames 0 and 40 above their reconstructions, as a PPM.
+            let mut ppm = format!("P6 {} {} 255\n", 2 * w, 2 * h).into_bytes();
+            for row in 0..2 * h as usize {
+                for half in 0..2 {
+                    let t = if half == 0 { 0 } else { frames - 1 };
+                    let src: &[u8] = if row < h as usize {
+                        clip.frame(t)
+                    } else {
+                        &rgb[t * n..(t + 1) * n]
+                    };
+                    let y = row % h as usize;
+                    ppm.extend_from_slice(&src[y * w as usize * 3..(y + 1) * w as usize * 3]);
+                }
+            }
+            std::fs::write(format!("{dir}/recon{i}.ppm"), ppm)?;
+        }
         first += psnr(&rgb[..n], clip.frame(0))?;
         last += psnr(&rgb[(frames - 1) * n..], clip.frame(frames - 1))?;
         all += psnr(&rgb, &clip.frames)?;
