@@ -193,15 +193,30 @@ fn open_run(stage: Stage, opts: &TrainOptions) -> Result<Run> {
         wall_seconds: 0.0,
     };
     let (state, resumed) = if opts.resume && state_path.is_file() {
-        let saved: TrainState = read_json(&state_path, "training state")?;
+        let mut saved: TrainState = read_json(&state_path, "training state")?;
+        // Clip lengths may change on resume (short clips first, longer ones later); sizes,
+        // frame rate and the scene stream may not.
+        let same_geometry = ClipGeometry {
+            frame_counts: fresh.geometry.frame_counts.clone(),
+            ..saved.geometry.clone()
+        } == fresh.geometry;
         let same_run = saved.seed == fresh.seed
             && saved.batch == fresh.batch
             && saved.sizes == fresh.sizes
-            && saved.geometry == fresh.geometry
+            && same_geometry
             && saved.stage == fresh.stage;
+        if same_run && saved.geometry.frame_counts != fresh.geometry.frame_counts {
+            tracing::info!(
+                from = ?saved.geometry.frame_counts,
+                to = ?fresh.geometry.frame_counts,
+                step = saved.step,
+                "resuming with other clip lengths"
+            );
+            saved.geometry.frame_counts = fresh.geometry.frame_counts.clone();
+        }
         if !same_run {
             return Err(TrainError::Options(format!(
-                "{}: the saved run has other settings (seed {}, batch {}, or sizes); resume with the same --seed and --batch, or choose another --out",
+                "{}: the saved run has other settings (seed {}, batch {}, model sizes or clip sizes); resume with the same --seed, --batch and sizes (only --frames and --lr may change), or choose another --out",
                 state_path.display(),
                 saved.seed,
                 saved.batch

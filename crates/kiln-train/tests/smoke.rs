@@ -72,6 +72,17 @@ fn vae_loss_falls_and_resume_is_exact() {
     assert_eq!(log.lines().count(), steps as usize);
     assert!(split_dir.join("model/vae/config.json").is_file());
 
+    // A resume may change the clip lengths (longer clips later in stage 1), and the state
+    // records the new ones.
+    let mut longer = tiny(split_dir.clone(), steps + 2, 1e-3);
+    longer.resume = true;
+    longer.geometry.frame_counts = vec![1];
+    let more = train_vae(&longer, &mut |_| {}).expect("resume with other clip lengths");
+    assert_eq!((more.first_step, more.final_step), (steps, steps + 2));
+    let state = std::fs::read_to_string(split_dir.join("vae-train/state.json")).expect("state");
+    let state: serde_json::Value = serde_json::from_str(&state).expect("json");
+    assert_eq!(state["geometry"]["frame_counts"], serde_json::json!([1]));
+
     // Without --resume an existing run is refused rather than overwritten.
     assert!(train_vae(&tiny(split_dir.clone(), steps, 1e-3), &mut |_| {}).is_err());
     let _ = std::fs::remove_dir_all(whole_dir);
