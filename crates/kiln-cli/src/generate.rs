@@ -7,15 +7,15 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln_media::image_in::{fit_image, load_image, FetchLimits, Fit, ImageSource, RgbImage};
+use kiln_media::image_in::FetchLimits;
 use kiln_media::video_out::{
     clip_frame, encode_poster_jpeg, write_atomically, write_video_file, EncodeOptions, VideoFormat,
 };
 use kiln_pipeline::conditioning::{camera_preset, CAMERA_AXES, CAMERA_PRESETS};
 use kiln_pipeline::{
-    CheckpointPaths, DynamicMask, GenerateRequest, ModelDefaults, Progress, VideoConditions,
-    WanPipeline,
+    CheckpointPaths, GenerateRequest, ModelDefaults, Progress, VideoConditions, WanPipeline,
 };
+use kiln_server::{load_conditions, ConditionInput, ConditionSources};
 
 /// Where the bundled model lives in the repository.
 pub const BUNDLED_MODEL: &str = "models/kiln-bundled";
@@ -245,43 +245,9 @@ fn parse_trajectory(text: &str) -> Result<Vec<[f32; 2]>> {
         .collect()
 }
 
-fn read_image(flag: &str, source: &str) -> Result<RgbImage> {
-    load_image(&ImageSource::parse(source), &FetchLimits::default())
-        .map_err(|e| anyhow::anyhow!("{flag} {source}: {e}"))
-}
-
-fn fitted(flag: &str, image: &RgbImage, width: usize, height: usize) -> Result<RgbImage> {
-    fit_image(image, width as u32, height as u32, Fit::CropCenter)
-        .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
-}
-
-/// White (luma ≥ 128) pixels of a mask image fitted to the clip.
-fn read_mask(flag: &str, source: &str, width: usize, height: usize) -> Result<Vec<bool>> {
-    let image = fitted(flag, &read_image(flag, source)?, width, height)?;
-    Ok(image
-        .pixels
-        .chunks_exact(3)
-        .map(|p| 299 * u32::from(p[0]) + 587 * u32::from(p[1]) + 114 * u32::from(p[2]) >= 128_000)
-        .collect())
-}
-
-/// The images and masks of the request, fitted to the clip; trajectories are mapped from
-/// the --image file's pixels through the same crop and scale.
+/// The images and masks of the request, fitted to the clip (kiln-server's
+/// `load_conditions`, shared with the API's workers); errors name the flag and its value.
 fn conditions_for(args: &GenerateArgs, width: usize, height: usize) -> Result<VideoConditions> {
-    let mut c = VideoConditions::default();
-    let mut source_size = None;
-    if let Some(src) = &args.image {
-        let image = read_image("--image", src)?;
-        source_size = Some((image.width as f32, image.height as f32));
-        c.first_frame = Some(fitted("--image", &image, width, height)?.pixels);
-    }
-    if let Some(src) = &args.image_tail {
-        let image = read_image("--image-tail", src)?;
-        c.last_frame = Some(fitted("--image-tail", &image, width, height)?.pixels);
-    }
-    if let Some(src) = &args.static_mask {
-        c.static_mask = Some(read_mask("--static-mask", src, width, height)?);
-    }
     if args.dynamic_mask.len() != args.trajectory.len() {
         bail!(
             "{} --dynamic-mask and {} --trajectory given; give one --trajectory per --dynamic-mask, in the same order",
@@ -289,24 +255,34 @@ fn conditions_for(args: &GenerateArgs, width: usize, height: usize) -> Result<Vi
             args.trajectory.len()
         );
     }
-    for (mask, path) in args.dynamic_mask.iter().zip(&args.trajectory) {
-        let (sw, sh) = source_size.context("--dynamic-mask needs --image")?;
-        // Crop-centre: scale to cover, then cut the overflow equally from both sides.
-        let scale = (width as f32 / sw).max(height as f32 / sh);
-        let (ox, oy) = (
-            (sw * scale - width as f32) / 2.0,
-            (sh * scale - height as f32) / 2.0,
-        );
-        let trajectory = parse_trajectory(path)?
-            .into_iter()
-            .map(|[x, y]| [x * scale - ox, y * scale - oy])
-            .collect();
-        c.dynamic_masks.push(DynamicMask {
-            mask: read_mask("--dynamic-mask", mask, width, height)?,
-            trajectory,
-        });
-    }
-    Ok(c)
+    let trajectories = args
+        .trajectory
+        .iter()
+        .map(|t| parse_trajectory(t))
+        .collect::<Result<Vec<_>>>()?;
+    let sources = ConditionSources {
+        first_frame: args.image.as_deref(),
+        last_frame: args.image_tail.as_deref(),
+        static_mask: args.static_mask.as_deref(),
+        dynamic_masks: args
+            .dynamic_mask
+            .iter()
+            .zip(&trajectories)
+            .map(|(m, t)| (m.as_str(), t.as_slice()))
+            .collect(),
+    };
+    load_conditions(&sources, width, height, &FetchLimits::default()).map_err(|e| {
+        let (flag, value) = match e.input {
+            ConditionInput::FirstFrame => ("--image", args.image.as_deref()),
+            ConditionInput::LastFrame => ("--image-tail", args.image_tail.as_deref()),
+            ConditionInput::StaticMask => ("--static-mask", args.static_mask.as_deref()),
+            ConditionInput::DynamicMask(i) => (
+                "--dynamic-mask",
+                args.dynamic_mask.get(i).map(String::as_str),
+            ),
+        };
+        anyhow::anyhow!("{flag} {}: {}", value.unwrap_or_default(), e.message)
+    })
 }
 
 fn kiln_sampling_guidance(c: f64) -> Result<f64> {

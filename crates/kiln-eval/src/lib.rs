@@ -8,8 +8,8 @@
 
 use kiln_pipeline::{DynamicMask, GenerateRequest, PipelineError, VideoConditions, WanPipeline};
 use kiln_world::{
-    caption, detect, render, resample_path, sample_scene, score, CameraMotion, Clip, PromptIntent,
-    ScoreInputs, Scores, Split, SplitMix64, TrajectoryTarget, WorldError,
+    caption, detect, render, resample_path, sample_scene, score, still_region, CameraMotion, Clip,
+    PromptIntent, ScoreInputs, Scores, Split, SplitMix64, TrajectoryTarget, WorldError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -222,23 +222,6 @@ pub struct PreparedSample {
     pub trajectory: Option<TrajectoryTarget>,
 }
 
-/// A rectangle of at least a quarter of each side minus every pixel an object touches
-/// during the clip (as training draws static regions).
-fn static_region(clip: &Clip, rng: &mut SplitMix64) -> Vec<bool> {
-    let (w, h, f) = (clip.width as usize, clip.height as usize, clip.frame_count);
-    let x0 = rng.below((w / 2) as u64) as usize;
-    let y0 = rng.below((h / 2) as u64) as usize;
-    let x1 = (x0 + w / 4 + rng.below((w - x0 - w / 4 + 1) as u64) as usize).min(w);
-    let y1 = (y0 + h / 4 + rng.below((h - y0 - h / 4 + 1) as u64) as usize).min(h);
-    let mut mask = vec![false; w * h];
-    for y in y0..y1 {
-        for x in x0..x1 {
-            mask[y * w + x] = (0..f).all(|t| clip.object_ids[t * w * h + y * w + x] == 0);
-        }
-    }
-    mask
-}
-
 /// Sample `index` of a run: a held-out scene, its caption, the kind's conditioning from
 /// the scene's own render, and the camera as camera control.
 pub fn prepare_sample(opts: &EvalOptions, index: usize) -> Result<PreparedSample, EvalError> {
@@ -272,7 +255,7 @@ pub fn prepare_sample(opts: &EvalOptions, index: usize) -> Result<PreparedSample
                 conditions.last_frame = Some(frame(opts.frames - 1));
             }
             SampleKind::StaticMask => {
-                let mask = static_region(&truth, &mut rng);
+                let mask = still_region(&truth.object_ids, width, height, opts.frames, &mut rng);
                 if mask.iter().filter(|&&m| m).count() < plane / 16 {
                     continue;
                 }

@@ -36,6 +36,7 @@ use tokio::task::JoinHandle;
 
 pub use address::is_public;
 pub use auth::{key_hash, Owner, ANONYMOUS_OWNER};
+pub use conditions::{load_conditions, ConditionError, ConditionInput, ConditionSources};
 pub use config::{bind_allowed, Prices, ServerConfig, WebhookConfig};
 pub use delivery::{sign_body, SIGNATURE_HEADER};
 pub use error::{ErrorBody, ErrorDetail, NativeError};

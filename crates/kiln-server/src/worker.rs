@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
 use crate::address::image_address_policy;
-use crate::conditions::{generate_request, load_conditions};
+use crate::conditions::{generate_request, load_request_conditions};
 use crate::files::FileStore;
 use crate::generator::{GenerateError, GeneratedClip};
 use crate::native::JobView;
@@ -334,7 +334,7 @@ fn run_generation(
     stop: &AtomicBool,
     reports: &mpsc::UnboundedSender<StepReport>,
 ) -> Result<Vec<GeneratedClip>, GenerateError> {
-    let conditions = load_conditions(request, limits).map_err(GenerateError::Failed)?;
+    let conditions = load_request_conditions(request, limits).map_err(GenerateError::Failed)?;
     let steps = request.steps as u32;
     let total = steps * request.number_results;
     let mut clips = Vec::with_capacity(request.number_results as usize);

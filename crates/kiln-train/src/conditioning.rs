@@ -74,19 +74,9 @@ pub fn sample_conditioning(
         }
         let ids = &batch.object_ids[n];
         if batch.camera_static[n] && rng.chance(rates.static_region) {
-            // A random rectangle of at least a quarter of each side, minus every pixel an
-            // object touches at any time: what stays still in this clip.
-            let x0 = rng.below((w / 2) as u64) as usize;
-            let y0 = rng.below((h / 2) as u64) as usize;
-            let x1 = (x0 + w / 4 + rng.below((w - x0 - w / 4 + 1) as u64) as usize).min(w);
-            let y1 = (y0 + h / 4 + rng.below((h - y0 - h / 4 + 1) as u64) as usize).min(h);
-            for y in y0..y1 {
-                for x in x0..x1 {
-                    let still = (0..f).all(|t| ids[t * h * w + y * w + x] == 0);
-                    if still {
-                        (0..f).for_each(|t| known[t * h * w + y * w + x] = true);
-                    }
-                }
+            let still = kiln_world::still_region(ids, w, h, f, rng);
+            for (p, _) in still.iter().enumerate().filter(|(_, s)| **s) {
+                (0..f).for_each(|t| known[t * h * w + p] = true);
             }
         }
         if batch.object_count[n] > 0 && rng.chance(rates.object_track) {

@@ -27,8 +27,8 @@ pub use caption::{caption, captions, parse_prompt, MotionIntent, ObjectIntent, P
 pub use detect::{detect, BackgroundEstimate, CameraEstimate, DetectedObject, Detection};
 pub use error::WorldError;
 pub use metrics::{
-    degrade, psnr, resample_path, score, static_region_drift, trajectory_error, Degradation,
-    ObjectScore, ScoreInputs, Scores, TrajectoryTarget,
+    degrade, psnr, resample_path, score, static_region_drift, still_region, trajectory_error,
+    Degradation, ObjectScore, ScoreInputs, Scores, TrajectoryTarget,
 };
 pub use render::{render, BBox, Clip, FrameTruth, ObjectTruth};
 pub use rng::SplitMix64;

@@ -71,6 +71,31 @@ pub fn static_region_drift(
     Ok(if count > 0.0 { sum / count } else { 0.0 })
 }
 
+/// A region that stays still in a clip: a random rectangle of at least a quarter of each
+/// side, minus every pixel an object touches in any frame. `object_ids` is F·H·W (0 is
+/// background). Training draws static-region conditioning with it and `kiln eval` its
+/// static-mask samples, so both mean the same thing.
+pub fn still_region(
+    object_ids: &[u8],
+    width: usize,
+    height: usize,
+    frame_count: usize,
+    rng: &mut SplitMix64,
+) -> Vec<bool> {
+    let (w, h) = (width, height);
+    let x0 = rng.below((w / 2) as u64) as usize;
+    let y0 = rng.below((h / 2) as u64) as usize;
+    let x1 = (x0 + w / 4 + rng.below((w - x0 - w / 4 + 1) as u64) as usize).min(w);
+    let y1 = (y0 + h / 4 + rng.below((h - y0 - h / 4 + 1) as u64) as usize).min(h);
+    let mut mask = vec![false; w * h];
+    for y in y0..y1 {
+        for x in x0..x1 {
+            mask[y * w + x] = (0..frame_count).all(|t| object_ids[t * w * h + y * w + x] == 0);
+        }
+    }
+    mask
+}
+
 /// Resamples a trajectory (points spread evenly over the clip, as Kling's are) to one
 /// point per frame by linear interpolation.
 pub fn resample_path(points: &[[f32; 2]], frame_count: usize) -> Vec<[f32; 2]> {
