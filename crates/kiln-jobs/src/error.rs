@@ -7,6 +7,9 @@ pub enum JobError {
     #[error("job {id} not found: it never existed, belongs to another key, or was removed; check the id")]
     NotFound { id: String },
 
+    #[error("a job with id {id} already exists; choose a new id (a fresh UUID) for each job")]
+    DuplicateId { id: String },
+
     #[error("the queue is full ({max} jobs waiting); retry later, or raise the queue limit in the server configuration")]
     QueueFull { max: u64 },
 

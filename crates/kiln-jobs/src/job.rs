@@ -65,6 +65,10 @@ impl FromStr for JobState {
 /// `request`: it is the server's typed request, serialized.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewJob {
+    /// An id the client chose (Runware's `taskUUID`); `None` draws a random UUID. A taken
+    /// id is refused with [`crate::JobError::DuplicateId`].
+    #[serde(default)]
+    pub id: Option<String>,
     /// The hashed API key id that submitted the job; only that key can see it.
     pub owner: String,
     pub model: String,

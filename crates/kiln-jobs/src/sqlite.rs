@@ -260,6 +260,10 @@ impl SqliteStore {
 impl JobStore for SqliteStore {
     async fn submit(&self, job: NewJob) -> Result<Job> {
         let request = job.request.to_string();
+        let id = job
+            .id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let max_attempts = job
             .max_attempts
             .unwrap_or(self.config.default_max_attempts)
@@ -275,7 +279,7 @@ impl JobStore for SqliteStore {
              WHERE (SELECT COUNT(*) FROM jobs WHERE state = 'queued') < ?9
              RETURNING *",
         )
-        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(&id)
         .bind(&job.owner)
         .bind(&job.model)
         .bind(&job.dialect)
@@ -286,7 +290,12 @@ impl JobStore for SqliteStore {
         .bind(max_queued)
         .fetch_all(&self.pool)
         .await
-        .map_err(JobError::storage("submit"))?;
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => JobError::DuplicateId {
+                id: id.clone(),
+            },
+            _ => JobError::storage("submit")(e),
+        })?;
         match rows.first() {
             Some(row) => job_from_row(row),
             None => Err(JobError::QueueFull {

@@ -700,3 +700,20 @@ async fn write_ahead_log_stays_bounded_under_a_burst_of_submits() {
         "WAL grew to {wal_bytes} bytes: auto-checkpoint is not running"
     );
 }
+
+#[tokio::test]
+async fn client_chosen_ids_are_kept_and_never_reused() {
+    let f = default_fixture().await;
+    let mut new = new_job("key-a", 1);
+    new.id = Some("9c1f3e2a-0000-4000-8000-000000000001".into());
+    let job = f.store.submit(new.clone()).await.unwrap();
+    assert_eq!(job.id, "9c1f3e2a-0000-4000-8000-000000000001");
+    // The same id again, even from another key, is refused and the first job is untouched.
+    let mut again = new_job("key-b", 2);
+    again.id = new.id.clone();
+    match f.store.submit(again).await {
+        Err(JobError::DuplicateId { id }) => assert_eq!(id, job.id),
+        other => panic!("expected DuplicateId, got {other:?}"),
+    }
+    assert_eq!(f.store.get(&job.id, None).await.unwrap(), Some(job));
+}

@@ -27,22 +27,26 @@ impl ApiKeys {
 
     /// The owner for an `Authorization` header value, or `Unauthorized`.
     pub fn owner_for(&self, authorization: Option<&str>) -> Result<String, NativeError> {
-        if self.hashes.is_empty() {
-            return Ok(ANONYMOUS_OWNER.to_string());
-        }
-        let key = authorization
-            .and_then(|v| {
-                let (scheme, rest) = v.trim().split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-            })
-            .ok_or(NativeError::Unauthorized)?;
-        let hash = key_hash(key);
-        if self.hashes.contains(&hash) {
-            Ok(hash)
-        } else {
-            Err(NativeError::Unauthorized)
-        }
+        self.owner_for_key(authorization.and_then(|v| scheme_token(v, "bearer")))
+            .ok_or(NativeError::Unauthorized)
     }
+
+    /// The owner for a key however a dialect carries it (`Key …`, a WebSocket message);
+    /// `None` when keys are configured and this is not one of them.
+    pub fn owner_for_key(&self, key: Option<&str>) -> Option<String> {
+        if self.hashes.is_empty() {
+            return Some(ANONYMOUS_OWNER.to_string());
+        }
+        let hash = key_hash(key?);
+        self.hashes.contains(&hash).then_some(hash)
+    }
+}
+
+/// The credential in an `Authorization` value of the form `<scheme> <token>` (scheme
+/// compared without case), e.g. `scheme_token("Key abc", "key") == Some("abc")`.
+pub fn scheme_token<'a>(authorization: &'a str, scheme: &str) -> Option<&'a str> {
+    let (given, rest) = authorization.trim().split_once(' ')?;
+    given.eq_ignore_ascii_case(scheme).then(|| rest.trim())
 }
 
 /// Hex SHA-256 of a key: what the server keeps, and the job owner id.

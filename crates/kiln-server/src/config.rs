@@ -15,6 +15,10 @@ pub struct ServerConfig {
     pub keys: Vec<String>,
     /// The model name reported on jobs.
     pub model_name: String,
+    /// Model ids that name the loaded model in the dialects (fal endpoint ids, Runware
+    /// AIRs, WaveSpeed model paths, Prodia model names); any other id gets the dialect's
+    /// not-found error. Defaults to the Kling 2.1 Master ids of the four platforms.
+    pub model_ids: Vec<String>,
     /// Absolute base for output URLs (`https://videos.example.com`); `None` gives
     /// server-relative `/files/<key>` URLs.
     pub public_url: Option<String>,
@@ -52,6 +56,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("kiln-data"),
             keys: Vec::new(),
             model_name: "kiln".to_string(),
+            model_ids: KLING_MASTER_IDS.iter().map(|s| s.to_string()).collect(),
             public_url: None,
             workers: 1,
             max_queued: 1000,
@@ -68,6 +73,24 @@ impl Default for ServerConfig {
             allow_private_addresses: false,
             prices: Prices::default(),
         }
+    }
+}
+
+/// The ids under which the hosted platforms serve Kling 2.1 Master; by default each names
+/// the loaded model, so client code written for them runs unchanged.
+pub const KLING_MASTER_IDS: &[&str] = &[
+    "fal-ai/kling-video/v2.1/master/text-to-video",
+    "fal-ai/kling-video/v2.1/master/image-to-video",
+    "klingai:5@3",
+    "kwaivgi/kling-v2.1-t2v-master",
+    "kwaivgi/kling-v2.1-i2v-master",
+    "kling-v2-1-master",
+];
+
+impl ServerConfig {
+    /// Whether a dialect's model id names the loaded model.
+    pub fn serves_model(&self, id: &str) -> bool {
+        id == self.model_name || self.model_ids.iter().any(|m| m == id)
     }
 }
 

@@ -26,6 +26,15 @@ pub fn sign_body(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// One webhook event: the body and extra headers (signatures) in the job's dialect.
+#[derive(Debug, Clone)]
+pub struct OutboundWebhook {
+    pub job_id: String,
+    pub url: String,
+    pub body: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Delivery {
     client: reqwest::Client,
@@ -52,6 +61,11 @@ impl Delivery {
         })
     }
 
+    /// The configured webhook signing secret, for dialects that sign in their own way.
+    pub fn webhook_secret(&self) -> Option<&str> {
+        self.webhook.secret.as_deref()
+    }
+
     /// Names are filtered by the resolver; address literals never reach it.
     fn check_url(&self, url: &str) -> Result<reqwest::Url, String> {
         let parsed = reqwest::Url::parse(url).map_err(|e| format!("invalid URL {url}: {e}"))?;
@@ -65,7 +79,8 @@ impl Delivery {
         Ok(parsed)
     }
 
-    /// Delivers `view` to the job's webhook in the background, if it has one.
+    /// Delivers `view` to the job's webhook in the background, signed with
+    /// [`SIGNATURE_HEADER`] when a secret is configured: the native API's webhook.
     pub fn spawn_webhook(&self, state: &AppState, view: &JobView) {
         let Some(url) = view
             .request
@@ -82,26 +97,38 @@ impl Delivery {
                 return;
             }
         };
-        let state = state.clone();
-        let job_id = view.id.clone();
-        tokio::spawn(async move {
-            state
-                .delivery
-                .deliver_webhook(&state, &job_id, &url, body)
-                .await;
-        });
+        let headers = match self.webhook.secret.as_deref() {
+            Some(secret) => vec![(SIGNATURE_HEADER.to_string(), sign_body(secret, &body))],
+            None => Vec::new(),
+        };
+        self.spawn_post(
+            state,
+            OutboundWebhook {
+                job_id: view.id.clone(),
+                url,
+                body,
+                headers,
+            },
+        );
     }
 
-    async fn deliver_webhook(&self, state: &AppState, job_id: &str, url: &str, body: Vec<u8>) {
-        let signature = self
-            .webhook
-            .secret
-            .as_deref()
-            .map(|secret| sign_body(secret, &body));
+    /// Delivers a webhook built by a dialect in its own shape, in the background.
+    pub fn spawn_post(&self, state: &AppState, webhook: OutboundWebhook) {
+        let state = state.clone();
+        tokio::spawn(async move { state.delivery.deliver_webhook(&state, &webhook).await });
+    }
+
+    async fn deliver_webhook(&self, state: &AppState, webhook: &OutboundWebhook) {
+        let OutboundWebhook {
+            job_id,
+            url,
+            body,
+            headers,
+        } = webhook;
         let mut backoff = self.webhook.initial_backoff;
         let attempts = self.webhook.max_attempts.max(1);
         for attempt in 1..=attempts {
-            let outcome = self.post_once(url, &body, signature.as_deref()).await;
+            let outcome = self.post_once(url, body, headers).await;
             let delivered = matches!(outcome, WebhookOutcome::Status(s) if (200..300).contains(&s));
             if let Err(e) = state
                 .store
@@ -121,7 +148,12 @@ impl Delivery {
         }
     }
 
-    async fn post_once(&self, url: &str, body: &[u8], signature: Option<&str>) -> WebhookOutcome {
+    async fn post_once(
+        &self,
+        url: &str,
+        body: &[u8],
+        headers: &[(String, String)],
+    ) -> WebhookOutcome {
         let url = match self.check_url(url) {
             Ok(u) => u,
             Err(e) => return WebhookOutcome::Error(e),
@@ -132,8 +164,8 @@ impl Delivery {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(reqwest::header::USER_AGENT, "kiln-webhook")
             .body(body.to_vec());
-        if let Some(sig) = signature {
-            request = request.header(SIGNATURE_HEADER, sig);
+        for (name, value) in headers {
+            request = request.header(name.as_str(), value.as_str());
         }
         match request.send().await {
             Ok(response) => WebhookOutcome::Status(response.status().as_u16()),

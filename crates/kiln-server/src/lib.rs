@@ -14,6 +14,7 @@ mod auth;
 mod conditions;
 mod config;
 mod delivery;
+mod dialects;
 mod error;
 mod events;
 mod files;
@@ -37,8 +38,9 @@ use tokio::task::JoinHandle;
 pub use address::is_public;
 pub use auth::{key_hash, Owner, ANONYMOUS_OWNER};
 pub use conditions::{load_conditions, ConditionError, ConditionInput, ConditionSources};
-pub use config::{bind_allowed, Prices, ServerConfig, WebhookConfig};
-pub use delivery::{sign_body, SIGNATURE_HEADER};
+pub use config::{bind_allowed, Prices, ServerConfig, WebhookConfig, KLING_MASTER_IDS};
+pub use delivery::{sign_body, OutboundWebhook, SIGNATURE_HEADER};
+pub use dialects::ListenerScheme;
 pub use error::{ErrorBody, ErrorDetail, NativeError};
 pub use generator::{GenerateError, GeneratedClip, ModelCapabilities, VideoGenerator};
 pub use native::{JobLinks, JobList, JobView};
@@ -64,6 +66,16 @@ pub enum ServerError {
     },
     #[error("cannot build the HTTP client for webhooks and uploads: {0}")]
     HttpClient(String),
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// The native API, every dialect (fal's queue host), files, metrics.
+    Api,
+    /// fal's synchronous host (`fal.run`): the same paths as the queue host, answered when
+    /// the video is done. fal's SDK reaches it on its own host name, so it needs its own port.
+    FalRun,
 }
 
 /// What every handler and worker shares.
@@ -158,9 +170,26 @@ impl Server {
         })
     }
 
-    /// Every route of the native API, plus files, health, metrics and the OpenAPI document.
+    /// Every route of the native API and the dialects (fal with its queue host's
+    /// semantics), plus files, health, metrics and the OpenAPI document, over plain HTTP.
     pub fn router(&self) -> Router {
-        router(self.state.clone())
+        self.router_for(Surface::Api, ListenerScheme("http"))
+    }
+
+    /// The router of one listener: `scheme` is what the listener speaks, so URLs handed
+    /// back to clients (fal's status and response URLs) use it.
+    pub fn router_for(&self, surface: Surface, scheme: ListenerScheme) -> Router {
+        let routes = match surface {
+            Surface::Api => router(self.state.clone()),
+            Surface::FalRun => dialects::fal::run_router()
+                .layer(DefaultBodyLimit::max(self.state.config.max_body_bytes))
+                .layer(axum::middleware::from_fn_with_state(
+                    self.state.clone(),
+                    metrics::track_http,
+                ))
+                .with_state(self.state.clone()),
+        };
+        routes.layer(axum::Extension(scheme))
     }
 
     pub fn store(&self) -> Arc<dyn JobStore> {
@@ -192,6 +221,7 @@ fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::get_openapi))
         .route("/healthz", get(native::healthz))
         .route("/metrics", get(native::metrics))
+        .merge(dialects::router())
         .fallback(native::no_route)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(

@@ -173,6 +173,7 @@ pub async fn submit(
     let job = state
         .store
         .submit(NewJob {
+            id: None,
             owner,
             model: state.config.model_name.clone(),
             dialect: DIALECT.to_string(),
@@ -284,7 +285,9 @@ pub async fn cancel(
     };
     let view = load_view(&state, &id, &owner).await?;
     if outcome == CancelOutcome::Cancelled {
-        state.delivery.spawn_webhook(&state, &view);
+        if let Ok(Some(job)) = state.store.get(&id, Some(&owner)).await {
+            crate::dialects::spawn_job_webhook(&state, &job);
+        }
     }
     Ok((status, Json(view)).into_response())
 }

@@ -260,6 +260,13 @@ pub struct ResolvedRequest {
     pub upload_endpoint: Option<String>,
     pub ttl_seconds: u64,
     pub include_cost: bool,
+    /// The server's address as the submitting client saw it (`https://127.0.0.1:8444`),
+    /// so output URLs in results and webhooks are absolute without `public_url`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// What a dialect must echo later (fal's endpoint id, WaveSpeed's model path…).
+    #[serde(default)]
+    pub dialect_meta: serde_json::Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -432,6 +439,8 @@ impl VideoRequest {
             upload_endpoint: self.upload_endpoint.clone(),
             ttl_seconds,
             include_cost: self.include_cost,
+            base_url: None,
+            dialect_meta: serde_json::Value::Null,
         })
     }
 

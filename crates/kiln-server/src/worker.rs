@@ -18,7 +18,6 @@ use crate::address::image_address_policy;
 use crate::conditions::{generate_request, load_request_conditions};
 use crate::files::FileStore;
 use crate::generator::{GenerateError, GeneratedClip};
-use crate::native::JobView;
 use crate::request::ResolvedRequest;
 use crate::AppState;
 
@@ -98,9 +97,7 @@ async fn notify(state: &AppState, id: &str) {
         if job.state != JobState::Succeeded {
             delete_outputs(state, id).await;
         }
-        state
-            .delivery
-            .spawn_webhook(state, &JobView::new(&job, None));
+        crate::dialects::spawn_job_webhook(state, &job);
     }
 }
 
@@ -213,6 +210,7 @@ async fn execute(
         .config
         .public_url
         .as_deref()
+        .or(request.base_url.as_deref())
         .unwrap_or("")
         .trim_end_matches('/');
     let output_json: Vec<Value> = outputs

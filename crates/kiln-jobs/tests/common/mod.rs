@@ -39,6 +39,7 @@ pub async fn default_fixture() -> Fixture {
 
 pub fn new_job(owner: &str, n: u32) -> NewJob {
     NewJob {
+        id: None,
         owner: owner.to_owned(),
         model: "kiln-bundled".to_owned(),
         dialect: "native".to_owned(),
