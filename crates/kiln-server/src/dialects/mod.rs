@@ -21,6 +21,7 @@ use crate::AppState;
 /// The routes every dialect adds to the main listener (fal with queue semantics).
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
+        .route("/uploads/{key}", axum::routing::get(uploads::get_upload))
         .merge(fal::queue_router())
         .merge(runware::router())
         .merge(wavespeed::router())
@@ -161,5 +162,126 @@ pub(crate) fn spawn_job_webhook(state: &AppState, job: &Job) {
     };
     if let Some(webhook) = webhook {
         state.delivery.spawn_post(state, webhook);
+    }
+}
+
+/// Media a client uploaded before submitting (Runware `imageUpload`, WaveSpeed
+/// `media/uploads`), under `<data>/uploads/<uuid>.<ext>`, served at `/uploads/{key}`.
+/// A request that names an upload (its URL on this server, or its UUID) gets the bytes
+/// inlined as a data URI at submit, so workers never fetch from the server itself.
+pub(crate) mod uploads {
+    use axum::extract::{Path, State};
+    use axum::http::header;
+    use axum::response::{IntoResponse, Response};
+    use base64::Engine;
+
+    use crate::error::NativeError;
+    use crate::AppState;
+
+    fn folder(state: &AppState) -> std::path::PathBuf {
+        state.config.data_dir.join("uploads")
+    }
+
+    fn extension_for(content_type: &str) -> &'static str {
+        match content_type.split(';').next().unwrap_or("").trim() {
+            "image/png" => "png",
+            "image/jpeg" | "image/jpg" => "jpg",
+            "image/webp" => "webp",
+            "image/gif" => "gif",
+            "video/mp4" => "mp4",
+            _ => "bin",
+        }
+    }
+
+    fn content_type_for(key: &str) -> &'static str {
+        match key.rsplit_once('.').map(|(_, e)| e) {
+            Some("png") => "image/png",
+            Some("jpg") => "image/jpeg",
+            Some("webp") => "image/webp",
+            Some("gif") => "image/gif",
+            Some("mp4") => "video/mp4",
+            _ => "application/octet-stream",
+        }
+    }
+
+    /// A key names an upload only if it is `<uuid>.<ext>` with nothing else in it.
+    fn valid_key(key: &str) -> bool {
+        key.split_once('.').is_some_and(|(id, ext)| {
+            uuid::Uuid::parse_str(id).is_ok() && ext.chars().all(|c| c.is_ascii_alphanumeric())
+        })
+    }
+
+    /// Stores `bytes` and returns the new upload's key (`<uuid>.<ext>`).
+    pub(crate) async fn save(
+        state: &AppState,
+        bytes: &[u8],
+        content_type: &str,
+    ) -> std::io::Result<String> {
+        let dir = folder(state);
+        tokio::fs::create_dir_all(&dir).await?;
+        let key = format!("{}.{}", uuid::Uuid::new_v4(), extension_for(content_type));
+        let tmp = dir.join(format!(".{key}.tmp"));
+        tokio::fs::write(&tmp, bytes).await?;
+        tokio::fs::rename(&tmp, dir.join(&key)).await?;
+        Ok(key)
+    }
+
+    /// The URL of an upload as the client that made it sees this server.
+    pub(crate) fn url(base_url: &str, key: &str) -> String {
+        format!("{}/uploads/{key}", base_url.trim_end_matches('/'))
+    }
+
+    /// `source` as a data URI when it names an upload of this server (its URL, its key, or
+    /// its bare UUID); otherwise `source` unchanged.
+    pub(crate) async fn inline(state: &AppState, source: &str) -> String {
+        match find(state, source).await {
+            Some((key, bytes)) => format!(
+                "data:{};base64,{}",
+                content_type_for(&key),
+                base64::engine::general_purpose::STANDARD.encode(bytes)
+            ),
+            None => source.to_string(),
+        }
+    }
+
+    async fn find(state: &AppState, source: &str) -> Option<(String, Vec<u8>)> {
+        let tail = source
+            .rsplit_once("/uploads/")
+            .map_or(source, |(_, key)| key)
+            .trim();
+        let key = if valid_key(tail) {
+            tail.to_string()
+        } else if uuid::Uuid::parse_str(tail).is_ok() {
+            // A bare UUID (Runware's imageUUID): whatever extension it was stored with.
+            let mut entries = tokio::fs::read_dir(folder(state)).await.ok()?;
+            let mut found = None;
+            while let Ok(Some(entry)) = entries.next_entry().await {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if name.split_once('.').map(|(id, _)| id) == Some(tail) {
+                    found = Some(name);
+                    break;
+                }
+            }
+            found?
+        } else {
+            return None;
+        };
+        let bytes = tokio::fs::read(folder(state).join(&key)).await.ok()?;
+        Some((key, bytes))
+    }
+
+    /// `GET /uploads/{key}`.
+    pub(crate) async fn get_upload(
+        State(state): State<AppState>,
+        Path(key): Path<String>,
+    ) -> Result<Response, NativeError> {
+        let not_found = || NativeError::not_found(format!("upload {key}"));
+        if !valid_key(&key) {
+            return Err(not_found());
+        }
+        let bytes = tokio::fs::read(folder(&state).join(&key))
+            .await
+            .map_err(|_| not_found())?;
+        Ok(([(header::CONTENT_TYPE, content_type_for(&key))], bytes).into_response())
     }
 }
