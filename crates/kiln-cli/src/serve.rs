@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use clap::Args;
 use kiln_pipeline::{CheckpointPaths, WanPipeline};
-use kiln_server::{bind_allowed, Server, ServerConfig};
+use kiln_server::{bind_allowed, ListenerScheme, Server, ServerConfig, Surface};
 use serde::Deserialize;
 
 #[derive(Args)]
@@ -28,6 +28,19 @@ pub struct ServeArgs {
     /// Jobs generated at once [default: 1, or the config file's].
     #[arg(long)]
     workers: Option<usize>,
+    /// Also serve every route over HTTPS on this address (needs --tls-cert and --tls-key).
+    #[arg(long)]
+    tls_listen: Option<SocketAddr>,
+    /// Serve fal's synchronous host (fal.run) on this address: the same paths as the queue
+    /// host, answered when the video is done. HTTPS when a certificate is given.
+    #[arg(long)]
+    fal_run_listen: Option<SocketAddr>,
+    /// PEM certificate chain for the HTTPS listeners.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for the HTTPS listeners.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
 }
 
 /// The config file: every field optional, the rest from `ServerConfig::default()`.
@@ -47,6 +60,41 @@ struct ConfigFile {
     currency: Option<String>,
     price_per_output_second: Option<f64>,
     price_per_compute_second: Option<f64>,
+    model_ids: Option<Vec<String>>,
+    /// A worker's lease on a running job: how long a crashed server's jobs wait before
+    /// they go back to the queue.
+    lease_seconds: Option<u64>,
+    heartbeat_seconds: Option<u64>,
+    tls_listen: Option<SocketAddr>,
+    fal_run_listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+/// The extra listeners beside `--listen`, from the flags or the config file.
+struct Listeners {
+    tls_listen: Option<SocketAddr>,
+    fal_run_listen: Option<SocketAddr>,
+    tls: Option<(PathBuf, PathBuf)>,
+}
+
+fn listeners(args: &ServeArgs, file: &ConfigFile) -> Result<Listeners> {
+    let cert = args.tls_cert.clone().or(file.tls_cert.clone());
+    let key = args.tls_key.clone().or(file.tls_key.clone());
+    let tls = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key go together; give both PEM files, or neither"),
+    };
+    let tls_listen = args.tls_listen.or(file.tls_listen);
+    if tls_listen.is_some() && tls.is_none() {
+        anyhow::bail!("--tls-listen needs --tls-cert and --tls-key (PEM files)");
+    }
+    Ok(Listeners {
+        tls_listen,
+        fal_run_listen: args.fal_run_listen.or(file.fal_run_listen),
+        tls,
+    })
 }
 
 fn read_config(path: &PathBuf) -> Result<ConfigFile> {
@@ -61,7 +109,7 @@ fn read_config(path: &PathBuf) -> Result<ConfigFile> {
     })
 }
 
-fn server_config(args: &ServeArgs, file: ConfigFile) -> ServerConfig {
+fn server_config(args: &ServeArgs, file: ConfigFile) -> Result<ServerConfig> {
     let mut c = ServerConfig {
         data_dir: args.data.clone(),
         ..Default::default()
@@ -102,7 +150,23 @@ fn server_config(args: &ServeArgs, file: ConfigFile) -> ServerConfig {
     if let Some(p) = file.price_per_compute_second {
         c.prices.per_compute_second = p;
     }
-    c
+    if let Some(ids) = file.model_ids {
+        c.model_ids = ids;
+    }
+    if let Some(l) = file.lease_seconds {
+        c.lease = secs(l);
+    }
+    if let Some(h) = file.heartbeat_seconds {
+        c.heartbeat_interval = secs(h);
+    }
+    if c.heartbeat_interval.is_zero() || c.heartbeat_interval >= c.lease {
+        anyhow::bail!(
+            "heartbeat_seconds ({}) must be at least 1 and below lease_seconds ({}), or a running job would lose its lease",
+            c.heartbeat_interval.as_secs(),
+            c.lease.as_secs()
+        );
+    }
+    Ok(c)
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -112,14 +176,28 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .map(read_config)
         .transpose()?
         .unwrap_or_default();
-    let config = server_config(&args, file);
-    bind_allowed(args.listen, &config).map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
+    let extra = listeners(&args, &file)?;
+    let config = server_config(&args, file)?;
+    for (flag, addr) in [
+        ("--listen", Some(args.listen)),
+        ("--tls-listen", extra.tls_listen),
+        ("--fal-run-listen", extra.fal_run_listen),
+    ] {
+        if let Some(addr) = addr {
+            bind_allowed(addr, &config).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+        }
+    }
     if config.keys.is_empty() {
         tracing::warn!(
             "no API keys configured: serving one anonymous owner on loopback only ({})",
             args.listen
         );
     }
+    let acceptor = extra
+        .tls
+        .as_ref()
+        .map(|(cert, key)| kiln_server::tls::acceptor(cert, key))
+        .transpose()?;
     let paths = CheckpointPaths {
         model: crate::generate::model_dir(args.model.as_ref())?,
         ..Default::default()
@@ -131,11 +209,46 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let server = Server::start(config, Arc::new(pipeline)).await?;
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| {
-                format!("--listen {}: cannot bind; is the port in use?", args.listen)
-            })?;
+        let bind = |flag: &'static str, addr: SocketAddr| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("{flag} {addr}: cannot bind; is the port in use?"))
+        };
+        let listener = bind("--listen", args.listen).await?;
+        let mut extra_tasks = Vec::new();
+        if let (Some(addr), Some(acceptor)) = (extra.tls_listen, acceptor.clone()) {
+            let tls_listener = bind("--tls-listen", addr).await?;
+            let router = server.router_for(Surface::Api, ListenerScheme("https"));
+            extra_tasks.push(tokio::spawn(kiln_server::tls::serve_tls(
+                tls_listener,
+                acceptor,
+                router,
+            )));
+            eprintln!("kiln serve: listening on https://{addr}");
+        }
+        if let Some(addr) = extra.fal_run_listen {
+            let run_listener = bind("--fal-run-listen", addr).await?;
+            match acceptor.clone() {
+                Some(acceptor) => {
+                    let router = server.router_for(Surface::FalRun, ListenerScheme("https"));
+                    extra_tasks.push(tokio::spawn(kiln_server::tls::serve_tls(
+                        run_listener,
+                        acceptor,
+                        router,
+                    )));
+                    eprintln!("kiln serve: fal run host on https://{addr}");
+                }
+                None => {
+                    let router = server.router_for(Surface::FalRun, ListenerScheme("http"));
+                    extra_tasks.push(tokio::spawn(async move {
+                        if let Err(e) = axum::serve(run_listener, router).await {
+                            tracing::error!("fal run listener stopped: {e}");
+                        }
+                    }));
+                    eprintln!("kiln serve: fal run host on http://{addr}");
+                }
+            }
+        }
         eprintln!("kiln serve: listening on http://{}", args.listen);
         axum::serve(listener, server.router())
             .with_graceful_shutdown(async {
@@ -143,6 +256,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
             })
             .await
             .context("the HTTP server stopped")?;
+        for task in extra_tasks {
+            task.abort();
+        }
         server.shutdown().await;
         Ok(())
     })

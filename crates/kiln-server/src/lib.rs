@@ -24,6 +24,7 @@ mod native;
 mod openapi;
 mod request;
 mod sweeper;
+pub mod tls;
 mod worker;
 
 use std::sync::Arc;
@@ -181,7 +182,9 @@ impl Server {
     pub fn router_for(&self, surface: Surface, scheme: ListenerScheme) -> Router {
         let routes = match surface {
             Surface::Api => router(self.state.clone()),
+            // Outputs are linked with this listener's address, so it serves them too.
             Surface::FalRun => dialects::fal::run_router()
+                .route("/files/{key}", get(files::get_file))
                 .layer(DefaultBodyLimit::max(self.state.config.max_body_bytes))
                 .layer(axum::middleware::from_fn_with_state(
                     self.state.clone(),

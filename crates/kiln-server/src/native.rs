@@ -11,6 +11,7 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Owner;
+use crate::dialects::BaseUrl;
 use crate::error::{ErrorBody, NativeError};
 use crate::request::{RequestLimits, VideoRequest};
 use crate::AppState;
@@ -164,9 +165,12 @@ pub(crate) fn request_limits(state: &AppState) -> RequestLimits {
 pub async fn submit(
     State(state): State<AppState>,
     Owner(owner): Owner,
+    BaseUrl(base_url): BaseUrl,
     NativeJson(request): NativeJson<VideoRequest>,
 ) -> Result<Response, NativeError> {
-    let resolved = request.validate(&state.capabilities, &request_limits(&state))?;
+    let mut resolved = request.validate(&state.capabilities, &request_limits(&state))?;
+    // Output URLs in results and webhooks are absolute, on the address the client used.
+    resolved.base_url = Some(base_url);
     let request_json = serde_json::to_value(&resolved).map_err(|e| NativeError::Internal {
         message: format!("cannot serialize the request: {e}"),
     })?;
