@@ -5,7 +5,7 @@
 use std::path::{Path as FsPath, PathBuf};
 
 use axum::extract::{Path, State};
-use axum::http::header;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kiln_jobs::JobState;
 
@@ -72,13 +72,16 @@ fn content_type_of(key: &str) -> &'static str {
     }
 }
 
-/// Download an output: 404 for a key never issued, 410 once its TTL has passed.
+/// Download an output: 404 for a key never issued, 410 once its TTL has passed. A single
+/// `Range: bytes=…` is honoured (206), as video players seek with it.
 #[utoipa::path(get, path = "/files/{key}", params(("key" = String, Path)),
-    responses((status = 200, description = "the file"),
-        (status = 404, body = crate::error::ErrorBody), (status = 410, body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "the file"), (status = 206, description = "the requested byte range"),
+        (status = 404, body = crate::error::ErrorBody), (status = 410, body = crate::error::ErrorBody),
+        (status = 416, description = "the range lies outside the file")))]
 pub async fn get_file(
     State(state): State<AppState>,
     Path(key): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, NativeError> {
     let not_found = || NativeError::not_found(format!("file {key}"));
     let path = state.files.path(&key).ok_or_else(not_found)?;
@@ -89,16 +92,76 @@ pub async fn get_file(
             what: format!("file {key}"),
         });
     }
-    // Whole-file reads: clips are a few MB. Range requests are not served yet.
+    // Whole-file reads: clips are a few MB.
     let bytes = tokio::fs::read(&path).await.map_err(|_| not_found())?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, content_type_of(&key)),
-            (header::CACHE_CONTROL, "private, max-age=3600"),
-        ],
-        bytes,
-    )
-        .into_response())
+    let common = [
+        (header::CONTENT_TYPE, content_type_of(&key).to_string()),
+        (header::CACHE_CONTROL, "private, max-age=3600".to_string()),
+        (header::ACCEPT_RANGES, "bytes".to_string()),
+    ];
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| byte_range(v, bytes.len()));
+    Ok(match range {
+        None | Some(RangeAnswer::Whole) => (common, bytes).into_response(),
+        Some(RangeAnswer::Part(start, end)) => (
+            StatusCode::PARTIAL_CONTENT,
+            common,
+            [(
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{end}/{}", bytes.len()),
+            )],
+            bytes[start..=end].to_vec(),
+        )
+            .into_response(),
+        Some(RangeAnswer::Unsatisfiable) => (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [(header::CONTENT_RANGE, format!("bytes */{}", bytes.len()))],
+        )
+            .into_response(),
+    })
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RangeAnswer {
+    /// No usable single range (several ranges, another unit, bad syntax): send it all.
+    Whole,
+    /// Inclusive byte offsets.
+    Part(usize, usize),
+    Unsatisfiable,
+}
+
+/// One `bytes=a-b`, `bytes=a-` or `bytes=-n` range against a file of `len` bytes.
+fn byte_range(value: &str, len: usize) -> RangeAnswer {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeAnswer::Whole;
+    };
+    if spec.contains(',') {
+        return RangeAnswer::Whole;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeAnswer::Whole;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let parse = |t: &str| t.parse::<usize>().ok();
+    let (start, end) = match (a.is_empty(), b.is_empty()) {
+        (true, false) => match parse(b) {
+            Some(0) => return RangeAnswer::Unsatisfiable,
+            Some(n) => (len.saturating_sub(n), len.saturating_sub(1)),
+            None => return RangeAnswer::Whole,
+        },
+        (false, _) => match (parse(a), if b.is_empty() { Some(usize::MAX) } else { parse(b) }) {
+            (Some(s), Some(e)) if s <= e => (s, e.min(len.saturating_sub(1))),
+            _ => return RangeAnswer::Whole,
+        },
+        (true, true) => return RangeAnswer::Whole,
+    };
+    if len == 0 || start >= len {
+        RangeAnswer::Unsatisfiable
+    } else {
+        RangeAnswer::Part(start, end)
+    }
 }
 
 #[cfg(test)]
@@ -115,5 +178,21 @@ mod tests {
             assert!(store.path(bad).is_none(), "{bad}");
         }
         assert_eq!(job_id_of("1234-abcd_0.mp4"), Some("1234-abcd"));
+    }
+
+    #[test]
+    fn byte_ranges_follow_rfc_9110() {
+        use RangeAnswer::*;
+        assert_eq!(byte_range("bytes=0-99", 1000), Part(0, 99));
+        assert_eq!(byte_range("bytes=900-", 1000), Part(900, 999));
+        assert_eq!(byte_range("bytes=-100", 1000), Part(900, 999));
+        assert_eq!(byte_range("bytes=-5000", 1000), Part(0, 999));
+        assert_eq!(byte_range("bytes=990-5000", 1000), Part(990, 999));
+        assert_eq!(byte_range("bytes=1000-", 1000), Unsatisfiable);
+        assert_eq!(byte_range("bytes=-0", 1000), Unsatisfiable);
+        assert_eq!(byte_range("bytes=5-1", 1000), Whole);
+        assert_eq!(byte_range("bytes=0-1,5-9", 1000), Whole);
+        assert_eq!(byte_range("items=0-1", 1000), Whole);
+        assert_eq!(byte_range("bytes=0-0", 0), Unsatisfiable);
     }
 }

@@ -151,6 +151,20 @@ async fn submit_poll_events_and_files() {
     assert_eq!(file.headers()["content-type"], "video/mp4");
     let bytes = file.bytes().await.unwrap();
     assert_eq!(&bytes[4..8], b"ftyp", "an MP4 starts with its ftyp box");
+    // Players seek with byte ranges.
+    let part = t
+        .http
+        .get(url)
+        .header("range", "bytes=4-7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        part.headers()["content-range"],
+        format!("bytes 4-7/{}", bytes.len()).as_str()
+    );
+    assert_eq!(&part.bytes().await.unwrap()[..], b"ftyp");
     let poster = t
         .http
         .get(output["poster_url"].as_str().unwrap())
