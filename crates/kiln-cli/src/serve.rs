@@ -198,6 +198,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .as_ref()
         .map(|(cert, key)| kiln_server::tls::acceptor(cert, key))
         .transpose()?;
+    // Before any tensor code: the compute pool's threads yield to the request threads.
+    kiln_server::priority::init_compute_pool();
     let paths = CheckpointPaths {
         model: crate::generate::model_dir(args.model.as_ref())?,
         ..Default::default()

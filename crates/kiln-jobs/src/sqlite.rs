@@ -291,9 +291,9 @@ impl JobStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| match &e {
-            sqlx::Error::Database(db) if db.is_unique_violation() => JobError::DuplicateId {
-                id: id.clone(),
-            },
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                JobError::DuplicateId { id: id.clone() }
+            }
             _ => JobError::storage("submit")(e),
         })?;
         match rows.first() {

@@ -151,7 +151,14 @@ fn byte_range(value: &str, len: usize) -> RangeAnswer {
             Some(n) => (len.saturating_sub(n), len.saturating_sub(1)),
             None => return RangeAnswer::Whole,
         },
-        (false, _) => match (parse(a), if b.is_empty() { Some(usize::MAX) } else { parse(b) }) {
+        (false, _) => match (
+            parse(a),
+            if b.is_empty() {
+                Some(usize::MAX)
+            } else {
+                parse(b)
+            },
+        ) {
             (Some(s), Some(e)) if s <= e => (s, e.min(len.saturating_sub(1))),
             _ => return RangeAnswer::Whole,
         },

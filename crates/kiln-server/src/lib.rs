@@ -22,6 +22,7 @@ mod generator;
 mod metrics;
 mod native;
 mod openapi;
+pub mod priority;
 mod request;
 mod sweeper;
 pub mod tls;

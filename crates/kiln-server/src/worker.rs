@@ -131,9 +131,10 @@ async fn execute(
     if !state.config.allow_private_addresses {
         limits.address_policy = Some(image_address_policy());
     }
-    let mut task = tokio::task::spawn_blocking(move || {
+    let mut task = crate::priority::spawn_compute(move || {
         run_generation(generator.as_ref(), &run_request, &limits, &run_stop, &tx)
-    });
+    })
+    .map_err(|e| Stop::Failed(format!("cannot start a generation thread: {e}")))?;
 
     // Supervise until the blocking run ends: store progress, renew the lease, pass cancels.
     let mut heartbeat = tokio::time::interval(state.config.heartbeat_interval);
@@ -164,7 +165,7 @@ async fn execute(
         Ok(Err(GenerateError::Cancelled)) if lost => return Err(Stop::LostLease),
         Ok(Err(GenerateError::Cancelled)) => return Err(Stop::Cancelled),
         Ok(Err(GenerateError::Failed(m))) => return Err(Stop::Failed(m)),
-        Err(e) => return Err(Stop::Failed(format!("the generation thread crashed: {e}"))),
+        Err(_) => return Err(Stop::Failed("the generation thread crashed".into())),
     };
     if lost {
         return Err(Stop::LostLease);
@@ -180,9 +181,10 @@ async fn execute(
     let files = state.files.clone();
     let job_id = id.to_string();
     let encode_request = request.clone();
-    let mut encode = tokio::task::spawn_blocking(move || {
+    let mut encode = crate::priority::spawn_compute(move || {
         encode_outputs(&files, &job_id, &encode_request, &generated)
-    });
+    })
+    .map_err(|e| Stop::Failed(format!("cannot start an encoding thread: {e}")))?;
     // Encoding a long clip can outlast a lease: keep renewing it.
     let encoded = loop {
         tokio::select! {
@@ -195,7 +197,7 @@ async fn execute(
     let outputs = match encoded {
         Ok(Ok(outputs)) => outputs,
         Ok(Err(m)) => return Err(Stop::Failed(m)),
-        Err(e) => return Err(Stop::Failed(format!("the encoding thread crashed: {e}"))),
+        Err(_) => return Err(Stop::Failed("the encoding thread crashed".into())),
     };
     let encode_seconds = encode_start.elapsed().as_secs_f64();
     check_lease(state, worker_id, id, &stop, &mut cancelled, &mut lost).await;

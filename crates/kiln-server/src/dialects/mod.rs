@@ -44,7 +44,11 @@ impl FromRequestParts<AppState> for BaseUrl {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        Ok(BaseUrl(base_url(state, &parts.headers, parts.extensions.get::<ListenerScheme>())))
+        Ok(BaseUrl(base_url(
+            state,
+            &parts.headers,
+            parts.extensions.get::<ListenerScheme>(),
+        )))
     }
 }
 
@@ -156,7 +160,9 @@ pub(crate) fn spawn_job_webhook(state: &AppState, job: &Job) {
         wavespeed::DIALECT => wavespeed::webhook(state, job),
         prodia::DIALECT => None,
         _ => {
-            state.delivery.spawn_webhook(state, &JobView::new(job, None));
+            state
+                .delivery
+                .spawn_webhook(state, &JobView::new(job, None));
             return;
         }
     };

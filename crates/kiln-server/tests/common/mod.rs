@@ -70,15 +70,17 @@ pub fn bundled_pipeline() -> Arc<WanPipeline> {
     static PIPELINE: OnceLock<Arc<WanPipeline>> = OnceLock::new();
     PIPELINE
         .get_or_init(|| {
-            let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../models/kiln-bundled");
+            let model =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/kiln-bundled");
             let paths = CheckpointPaths {
                 model,
                 transformer: None,
                 vae: None,
                 text_encoder: None,
             };
-            Arc::new(WanPipeline::load(&paths, DType::F32, &Device::Cpu).expect("bundled model loads"))
+            Arc::new(
+                WanPipeline::load(&paths, DType::F32, &Device::Cpu).expect("bundled model loads"),
+            )
         })
         .clone()
 }
@@ -128,4 +130,3 @@ pub async fn start_on(
         _dir: dir,
     }
 }
-
