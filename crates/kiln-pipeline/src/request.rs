@@ -45,8 +45,12 @@ impl GenerateRequest {
     pub fn validate(&self, g: &ModelGeometry) -> Result<(), PipelineError> {
         let bad = |m: String| Err(PipelineError::Input(m));
         let chars = self.prompt.chars().count();
-        if self.prompt.trim().is_empty() {
-            return bad("the prompt is empty; describe the video to generate".into());
+        // With a first frame the picture is given and the model may choose the motion.
+        if self.prompt.trim().is_empty() && self.conditions.first_frame.is_none() {
+            return bad(
+                "the prompt is empty; describe the video to generate (it may be empty only with a first-frame image)"
+                    .into(),
+            );
         }
         if chars > MAX_PROMPT_CHARS {
             return bad(format!(

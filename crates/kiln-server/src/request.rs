@@ -292,10 +292,12 @@ impl VideoRequest {
     ) -> Result<ResolvedRequest, RequestError> {
         let d = &caps.defaults;
         let prompt = self.prompt.trim();
-        if prompt.is_empty() {
+        // Image-to-video may leave the motion to the model (Kling's i2v prompt is optional).
+        let has_first_frame = self.images.iter().any(|i| i.frame == FramePosition::First);
+        if prompt.is_empty() && !has_first_frame {
             return Err(invalid(
                 "prompt",
-                "the prompt is empty; describe the video to generate",
+                "the prompt is empty; describe the video to generate (it may be left out only with a first-frame image)",
             ));
         }
         let chars = self.prompt.chars().count();

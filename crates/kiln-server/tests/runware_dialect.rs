@@ -321,6 +321,8 @@ async fn websocket_text_to_video_async_then_get_response() {
         c.prices.per_output_second = 0.01;
     })
     .await;
+    let received = Arc::new(Mutex::new(Received::default()));
+    let receiver_base = receiver(received.clone()).await;
     let mut ws = Client::connect(&t).await;
     // No keys configured: any key is accepted.
     let reply = ws.authenticate("anything").await;
@@ -333,7 +335,8 @@ async fn websocket_text_to_video_async_then_get_response() {
     let ack = ws
         .call(json!([text_to_video(
             &uuid,
-            json!({"numberResults": 2, "includeCost": true, "outputFormat": "MP4", "outputQuality": 90, "ttl": 3600})
+            json!({"numberResults": 2, "includeCost": true, "outputFormat": "MP4", "outputQuality": 90, "ttl": 3600,
+                   "webhookURL": format!("{receiver_base}/hook")})
         )]))
         .await;
     assert_eq!(
@@ -373,6 +376,28 @@ async fn websocket_text_to_video_async_then_get_response() {
         .await;
     let again = ws.recv_for(&uuid).await;
     assert_eq!(again["data"].as_array().unwrap(), &videos);
+
+    // The webhook delivers the videos one POST each, as Runware does for batches (the
+    // receiver refuses the first two calls, so retries are in here too).
+    let expected: std::collections::BTreeSet<String> = videos
+        .iter()
+        .map(|v| json!({"data": [v]}).to_string())
+        .collect();
+    let mut bodies = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        bodies = received
+            .lock()
+            .unwrap()
+            .hooks
+            .iter()
+            .map(|b| serde_json::from_slice::<Value>(b).unwrap().to_string())
+            .collect();
+        if bodies == expected && received.lock().unwrap().hooks.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(bodies, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -826,24 +826,7 @@ fn now_ms() -> i64 {
 
 /// `2025-01-01T12:00:00.123` (UTC, no offset), as fal's log timestamps read.
 fn iso_timestamp(ms: i64) -> String {
-    let (secs, millis) = (ms.div_euclid(1000), ms.rem_euclid(1000));
-    let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    )
+    super::utc_timestamp(ms).trim_end_matches('Z').to_string()
 }
 
 fn log_line(message: impl Into<String>, level: &str, ms: i64) -> Value {

@@ -8,6 +8,8 @@ pub(crate) mod prodia;
 pub(crate) mod runware;
 pub(crate) mod wavespeed;
 
+use std::time::{Duration, Instant};
+
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
@@ -152,13 +154,58 @@ pub(crate) fn output_urls(job: &Job) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The latest state of a job once it has ended, or when `limit` has passed.
+pub(crate) async fn wait_for_end(
+    state: &AppState,
+    id: &str,
+    limit: Option<Duration>,
+) -> Result<Job, JobError> {
+    let started = Instant::now();
+    loop {
+        let job = state
+            .store
+            .get(id, None)
+            .await?
+            .ok_or_else(|| JobError::NotFound { id: id.to_string() })?;
+        if job.state.is_final() || limit.is_some_and(|l| started.elapsed() >= l) {
+            return Ok(job);
+        }
+        tokio::time::sleep(state.config.events_poll.max(Duration::from_millis(20))).await;
+    }
+}
+
+/// Unix milliseconds as ISO 8601 UTC with milliseconds (`2023-04-01T12:34:56.789Z`).
+pub(crate) fn utc_timestamp(ms: i64) -> String {
+    let seconds = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = seconds.div_euclid(86_400);
+    let of_day = seconds.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days: the proleptic Gregorian date of a day number.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
 /// Sends a finished (or cancelled) job's webhook in the shape of the dialect that made it.
 pub(crate) fn spawn_job_webhook(state: &AppState, job: &Job) {
-    let webhook = match job.dialect.as_str() {
-        fal::DIALECT => fal::webhook(state, job),
-        runware::DIALECT => runware::webhook(state, job),
-        wavespeed::DIALECT => wavespeed::webhook(state, job),
-        prodia::DIALECT => None,
+    let webhooks: Vec<_> = match job.dialect.as_str() {
+        fal::DIALECT => fal::webhook(state, job).into_iter().collect(),
+        runware::DIALECT => runware::webhooks(state, job),
+        wavespeed::DIALECT => wavespeed::webhook(state, job).into_iter().collect(),
+        // Prodia has no webhooks.
+        prodia::DIALECT => Vec::new(),
         _ => {
             state
                 .delivery
@@ -166,7 +213,7 @@ pub(crate) fn spawn_job_webhook(state: &AppState, job: &Job) {
             return;
         }
     };
-    if let Some(webhook) = webhook {
+    for webhook in webhooks {
         state.delivery.spawn_post(state, webhook);
     }
 }
@@ -289,5 +336,18 @@ pub(crate) mod uploads {
             .await
             .map_err(|_| not_found())?;
         Ok(([(header::CONTENT_TYPE, content_type_for(&key))], bytes).into_response())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_iso_8601_utc() {
+        assert_eq!(utc_timestamp(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc_timestamp(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(utc_timestamp(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(utc_timestamp(-1), "1969-12-31T23:59:59.999Z");
     }
 }

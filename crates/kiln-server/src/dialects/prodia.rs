@@ -29,10 +29,9 @@ use kiln_jobs::{Job, JobError, JobState};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::wavespeed::{utc_timestamp, wait_for_end};
 use super::{enqueue, resolved_of, BaseUrl, Submission, SubmitError};
+use super::{utc_timestamp, wait_for_end};
 use crate::auth::scheme_token;
-use crate::delivery::OutboundWebhook;
 use crate::request::{
     AspectRatio, CameraControl, DurationSeconds, DynamicMaskInput, FrameImage, FramePosition, Mode,
     RequestError, VideoRequest,
@@ -54,12 +53,6 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v2/job/async/{id}/job.json", get(get_job_json))
         .route("/v2/job/async/{id}/output", get(list_outputs))
         .route("/v2/job/async/{id}/output/{filename}", get(get_output))
-}
-
-/// Prodia has no webhooks; `dialects::spawn_job_webhook` sends none for its jobs.
-#[allow(dead_code)]
-pub(crate) fn webhook(_state: &AppState, _job: &Job) -> Option<OutboundWebhook> {
-    None
 }
 
 /// Every Prodia error: `{"error": "..."}` with its HTTP status; a sync request that

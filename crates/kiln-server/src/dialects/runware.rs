@@ -635,30 +635,48 @@ async fn rest(
     Ok((reply.status(), Json(reply.message())).into_response())
 }
 
-/// The `webhookURL` body of a finished job: `{"data":[items]}` on success (one body with
-/// every video), `{"errors":[item]}` when it failed or was cancelled. Runware sends no
-/// signature; kiln adds its `X-Kiln-Signature` when a secret is configured.
-pub(crate) fn webhook(state: &AppState, job: &Job) -> Option<OutboundWebhook> {
-    let url = job
+/// The webhook calls for a finished job: one `{"data":[item]}` POST per video (Runware
+/// delivers batch results item by item), or one `{"errors":[…]}` when it failed or was
+/// cancelled. Signed with `X-Kiln-Signature` when a secret is configured (Runware itself
+/// signs nothing).
+pub(crate) fn webhooks(state: &AppState, job: &Job) -> Vec<OutboundWebhook> {
+    let Some(url) = job
         .webhook_url
         .clone()
-        .or_else(|| resolved_of(job).and_then(|r| r.webhook_url))?;
+        .or_else(|| resolved_of(job).and_then(|r| r.webhook_url))
+    else {
+        return Vec::new();
+    };
     let reply = match job.state {
         JobState::Succeeded | JobState::Failed | JobState::Cancelled => job_reply(job),
-        _ => return None,
+        _ => return Vec::new(),
     };
-    let body = serde_json::to_vec(&reply.message()).ok()?;
-    let headers = state
-        .delivery
-        .webhook_secret()
-        .map(|secret| vec![(SIGNATURE_HEADER.to_string(), sign_body(secret, &body))])
-        .unwrap_or_default();
-    Some(OutboundWebhook {
-        job_id: job.id.clone(),
-        url,
-        body,
-        headers,
-    })
+    let bodies: Vec<Value> = if reply.errors.is_empty() {
+        reply
+            .data
+            .iter()
+            .map(|item| json!({ "data": [item] }))
+            .collect()
+    } else {
+        vec![reply.message()]
+    };
+    bodies
+        .iter()
+        .filter_map(|body| serde_json::to_vec(body).ok())
+        .map(|body| {
+            let headers = state
+                .delivery
+                .webhook_secret()
+                .map(|secret| vec![(SIGNATURE_HEADER.to_string(), sign_body(secret, &body))])
+                .unwrap_or_default();
+            OutboundWebhook {
+                job_id: job.id.clone(),
+                url: url.clone(),
+                body,
+                headers,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

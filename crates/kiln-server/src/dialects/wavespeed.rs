@@ -13,7 +13,7 @@
 //! is a fresh UUID that only the ticket's holder knows: that is what pre-authorises the
 //! PUT, which the SDK sends without `Authorization`, as to a presigned URL.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::multipart::MultipartRejection;
@@ -287,7 +287,7 @@ async fn submit(
     if !sync {
         return Ok(envelope(prediction(&job, &base)));
     }
-    let job = wait_for_end(&state, &job.id, Some(SYNC_WAIT_LIMIT)).await?;
+    let job = super::wait_for_end(&state, &job.id, Some(SYNC_WAIT_LIMIT)).await?;
     let mut data = prediction(&job, &base);
     if !job.state.is_final() {
         // The SDK recognises this wording and reports the id so the caller can poll.
@@ -453,7 +453,7 @@ fn prediction(job: &Job, base: &str) -> Value {
         "urls": { "get": result_url(base, &job.id) },
         "has_nsfw_contents": vec![false; outputs.len()],
         "status": status,
-        "created_at": utc_timestamp(job.created_at_ms),
+        "created_at": super::utc_timestamp(job.created_at_ms),
         "error": error,
         "executionTime": execution_ms,
         "timings": { "inference": inference_ms },
@@ -478,26 +478,6 @@ async fn get_prediction(
             ),
         })?;
     Ok(envelope(prediction(&job, &base)))
-}
-
-/// The latest state of a job once it has ended, or when `limit` has passed.
-pub(super) async fn wait_for_end(
-    state: &AppState,
-    id: &str,
-    limit: Option<Duration>,
-) -> Result<Job, JobError> {
-    let started = Instant::now();
-    loop {
-        let job = state
-            .store
-            .get(id, None)
-            .await?
-            .ok_or_else(|| JobError::NotFound { id: id.to_string() })?;
-        if job.state.is_final() || limit.is_some_and(|l| started.elapsed() >= l) {
-            return Ok(job);
-        }
-        tokio::time::sleep(state.config.events_poll.max(Duration::from_millis(20))).await;
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -739,41 +719,9 @@ pub(crate) fn webhook_signature(secret: &str, id: &str, timestamp: &str, body: &
     format!("v3,{}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Unix milliseconds as ISO 8601 UTC with milliseconds (`2023-04-01T12:34:56.789Z`).
-pub(super) fn utc_timestamp(ms: i64) -> String {
-    let seconds = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = seconds.div_euclid(86_400);
-    let of_day = seconds.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days: the proleptic Gregorian date of a day number.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timestamps_are_iso_8601_utc() {
-        assert_eq!(utc_timestamp(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(utc_timestamp(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
-        assert_eq!(utc_timestamp(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(utc_timestamp(-1), "1969-12-31T23:59:59.999Z");
-    }
 
     #[test]
     fn signature_covers_id_timestamp_and_body() {

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use super::RunwareError;
 use crate::dialects::uploads;
 use crate::request::{
-    CameraAxes, CameraControl, CameraType, DurationSeconds, FrameImage, FramePosition,
+    AspectRatio, CameraAxes, CameraControl, CameraType, DurationSeconds, FrameImage, FramePosition,
     OutputFormat, RequestError, VideoRequest,
 };
 use crate::AppState;
@@ -467,12 +467,20 @@ pub(crate) async fn translate(
     let reference_field =
         reference_source.map_or_else(|| "inputs.referenceImages".into(), |(p, _)| p);
 
+    let (width, height) = (f.count("width")?, f.count("height")?);
+    let aspect_ratio = width.zip(height).and_then(platform_size_aspect);
+    let (width, height) = if aspect_ratio.is_some() {
+        (None, None)
+    } else {
+        (width, height)
+    };
     let request = VideoRequest {
         prompt: prompt.to_string(),
         negative_prompt: negative_prompt.map(str::to_string),
         duration,
-        width: f.count("width")?,
-        height: f.count("height")?,
+        aspect_ratio,
+        width,
+        height,
         cfg_scale: f.number("CFGScale")?,
         steps: f.count("steps")?,
         seed,
@@ -495,6 +503,18 @@ pub(crate) async fn translate(
         frame_field,
         reference_field,
     })
+}
+
+/// The sizes Runware's Kling 2.1 Master renders (1080p, and 720p for the standard tier)
+/// name an aspect ratio: a local model renders its own size for that aspect, as it does for
+/// the other dialects' `aspect_ratio`. Any other size is taken as pixels.
+fn platform_size_aspect((width, height): (usize, usize)) -> Option<AspectRatio> {
+    match (width, height) {
+        (1920, 1080) | (1280, 720) => Some(AspectRatio::Landscape),
+        (1080, 1920) | (720, 1280) => Some(AspectRatio::Portrait),
+        (1080, 1080) | (720, 720) => Some(AspectRatio::Square),
+        _ => None,
+    }
 }
 
 /// SDK fields for other model families: accepted when they ask for nothing kiln would
