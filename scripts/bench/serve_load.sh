@@ -27,10 +27,11 @@ state() { curl -sf "$base/v1/videos/$busy" | python3 -c 'import json,sys; print(
 echo "generation job $busy: $(state)"
 
 report() { # name, wrk output
-  local rps p99
-  rps=$(grep -Eo 'Requests/sec: +[0-9.]+' <<<"$2" | awk '{print $2}')
+  [ -n "${KILN_BENCH_VERBOSE:-}" ] && echo "$2" >&2
+  local rps p99 errors
+  rps=$(grep -Eo 'Requests/sec: +[0-9.]+' <<<"$2" | awk '{print $2}' || true)
   p99=$(awk '$1=="99%"{print $2}' <<<"$2")
-  errors=$(grep -Eo 'Non-2xx or 3xx responses: [0-9]+' <<<"$2" | awk '{print $NF}')
+  errors=$(grep -Eo 'Non-2xx or 3xx responses: [0-9]+' <<<"$2" | awk '{print $NF}' || true)
   printf '| %s | %s | %s | %s |\n' "$1" "$rps" "$p99" "${errors:-0}"
 }
 
