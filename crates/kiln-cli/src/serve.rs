@@ -65,6 +65,8 @@ struct ConfigFile {
     /// they go back to the queue.
     lease_seconds: Option<u64>,
     heartbeat_seconds: Option<u64>,
+    /// How often outputs past their TTL are deleted.
+    sweep_seconds: Option<u64>,
     tls_listen: Option<SocketAddr>,
     fal_run_listen: Option<SocketAddr>,
     tls_cert: Option<PathBuf>,
@@ -158,6 +160,9 @@ fn server_config(args: &ServeArgs, file: ConfigFile) -> Result<ServerConfig> {
     }
     if let Some(h) = file.heartbeat_seconds {
         c.heartbeat_interval = secs(h);
+    }
+    if let Some(s) = file.sweep_seconds {
+        c.sweep_interval = secs(s.max(1));
     }
     if c.heartbeat_interval.is_zero() || c.heartbeat_interval >= c.lease {
         anyhow::bail!(
