@@ -386,11 +386,23 @@ fn object_weight(batch: &ClipBatch) -> candle_core::Result<Tensor> {
         .object_ids
         .iter()
         .flatten()
-        .map(|&id| if id > 0 { 1.0 + OBJECT_WEIGHT as f32 } else { 1.0 })
+        .map(|&id| {
+            if id > 0 {
+                1.0 + OBJECT_WEIGHT as f32
+            } else {
+                1.0
+            }
+        })
         .collect();
     Tensor::from_vec(
         values,
-        (batch.object_ids.len(), 1, batch.frames, batch.height, batch.width),
+        (
+            batch.object_ids.len(),
+            1,
+            batch.frames,
+            batch.height,
+            batch.width,
+        ),
         batch.video.device(),
     )
 }
