@@ -1,0 +1,196 @@
+//! kiln's GEMM for candle tensors. [`matmul`] runs CPU f32 and bf16 products through the
+//! kernels of this crate as a `CustomOp2` that reads the operands in place through their
+//! layouts (transposed and strided views cost no copy) and falls back to candle's own
+//! `broadcast_matmul` for anything else. Gradients are defined, so training through it works.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use half::bf16;
+use std::cell::RefCell;
+
+use crate::gemm::{gemm_items, GemmInput, Operand};
+use crate::{f32_to_bf16, KernelPath};
+
+/// `a · b` with candle's matmul semantics for the common cases: `(.., m, k) · (.., k, n)`
+/// with equal batch dimensions, and `(.., m, k) · (k, n)`. CPU f32 and bf16 tensors of one
+/// dtype use kiln's kernels (bf16 accumulates in f32 and rounds once at the end); every
+/// other device, dtype or shape goes to candle's `broadcast_matmul`.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !runs_on_kiln(a, b) {
+        return a.broadcast_matmul(b);
+    }
+    a.apply_op2(b, KilnMatmul)
+}
+
+/// Whether [`matmul`] handles the pair itself (see there).
+fn runs_on_kiln(a: &Tensor, b: &Tensor) -> bool {
+    let (ra, rb) = (a.rank(), b.rank());
+    let dtype_ok = matches!(a.dtype(), DType::F32 | DType::BF16) && a.dtype() == b.dtype();
+    let shapes_ok = ra >= 2
+        && rb >= 2
+        && a.dims()[ra - 1] == b.dims()[rb - 2]
+        && (rb == 2 || (ra == rb && a.dims()[..ra - 2] == b.dims()[..rb - 2]));
+    a.device().is_cpu() && b.device().is_cpu() && dtype_ok && shapes_ok
+}
+
+/// The custom op behind [`matmul`]; its operands have passed `runs_on_kiln`.
+struct KilnMatmul;
+
+impl CustomOp2 for KilnMatmul {
+    fn name(&self) -> &'static str {
+        "kiln-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let shape = output_shape(l1, l2);
+        match (s1, s2) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                let mut c = vec![0.0f32; shape.elem_count()];
+                product(a, l1, b, l2, &mut c)?;
+                Ok((CpuStorage::F32(c), shape))
+            }
+            (CpuStorage::BF16(a), CpuStorage::BF16(b)) => {
+                let mut rounded = vec![bf16::ZERO; shape.elem_count()];
+                with_f32_scratch(rounded.len(), |c| {
+                    product(a, l1, b, l2, c)?;
+                    f32_to_bf16(c, &mut rounded).map_err(candle_core::Error::wrap)
+                })?;
+                Ok((CpuStorage::BF16(rounded), shape))
+            }
+            _ => candle_core::bail!(
+                "kiln-matmul: needs two f32 or two bf16 tensors, got {:?} and {:?}",
+                s1.dtype(),
+                s2.dtype()
+            ),
+        }
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // C = A·B: dA = dC·Bᵀ, dB = Aᵀ·dC, summed over the batch when B was shared.
+        let grad_a = matmul(grad, &b.t()?)?;
+        let grad_b = if b.rank() == a.rank() {
+            matmul(&a.t()?, grad)?
+        } else {
+            let rows = a.rank() - 2;
+            matmul(&a.flatten_to(rows)?.t()?, &grad.flatten_to(rows)?)?
+        };
+        Ok((Some(grad_a), Some(grad_b)))
+    }
+}
+
+/// `(.., m, n)` for layouts checked by `runs_on_kiln`.
+fn output_shape(la: &Layout, lb: &Layout) -> Shape {
+    let (da, db) = (la.dims(), lb.dims());
+    let mut dims = da[..da.len() - 1].to_vec();
+    dims.push(db[db.len() - 1]);
+    Shape::from(dims)
+}
+
+/// Elements of f32 scratch each thread keeps between bf16 products (64 MiB); larger
+/// products allocate their own.
+const SCRATCH_KEPT: usize = 1 << 24;
+
+thread_local! {
+    static F32_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Lends `len` elements of f32 scratch (contents unspecified). Reusing it spares a bf16
+/// product the page faults of a fresh f32 buffer on every call.
+fn with_f32_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    if len > SCRATCH_KEPT {
+        return f(&mut vec![0.0; len]);
+    }
+    F32_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            if scratch.len() < len {
+                scratch.resize(len, 0.0);
+            }
+            f(&mut scratch[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// Writes the product of two layouts checked by `runs_on_kiln` into `c` (shaped as
+/// `output_shape`).
+fn product<E: GemmInput>(a: &[E], la: &Layout, b: &[E], lb: &Layout, c: &mut [f32]) -> Result<()> {
+    let (da, sa) = (la.dims(), la.stride());
+    let (db, sb) = (lb.dims(), lb.stride());
+    let (ra, rb) = (da.len(), db.len());
+    let (m, k, n) = (da[ra - 2], da[ra - 1], db[rb - 1]);
+    let batch_dims = &da[..ra - 2];
+    let b_shared = rb == 2 || batch_dims.iter().zip(sb).all(|(&d, &s)| d == 1 || s == 0);
+
+    // B shared by the whole batch and A's batch folding into its rows: one tall product,
+    // so B is packed once instead of once per batch entry.
+    let rows_fold = {
+        let mut expected = sa[ra - 2].saturating_mul(m);
+        batch_dims.iter().zip(sa).rev().all(|(&d, &s)| {
+            let ok = d == 1 || s == expected;
+            expected = expected.saturating_mul(d);
+            ok
+        })
+    };
+    let (rows, offsets) = if b_shared && rows_fold {
+        let rows = batch_dims.iter().product::<usize>() * m;
+        (rows, vec![(la.start_offset(), lb.start_offset())])
+    } else {
+        (m, batch_offsets(batch_dims, sa, &sb[..rb - 2], la, lb))
+    };
+    let operand_a = Operand {
+        data: a,
+        rows,
+        cols: k,
+        row_stride: sa[ra - 2],
+        col_stride: sa[ra - 1],
+    };
+    let operand_b = Operand {
+        data: b,
+        rows: k,
+        cols: n,
+        row_stride: sb[rb - 2],
+        col_stride: sb[rb - 1],
+    };
+    gemm_items(KernelPath::best(), operand_a, operand_b, &offsets, c, false)
+        .map_err(candle_core::Error::wrap)
+}
+
+/// Start offsets of A and B for every batch index, in row-major order of the batch dims.
+/// `b_batch_strides` is empty when B is a single matrix.
+fn batch_offsets(
+    batch_dims: &[usize],
+    a_batch_strides: &[usize],
+    b_batch_strides: &[usize],
+    la: &Layout,
+    lb: &Layout,
+) -> Vec<(usize, usize)> {
+    let count: usize = batch_dims.iter().product();
+    let mut offsets = Vec::with_capacity(count);
+    let mut index = vec![0usize; batch_dims.len()];
+    for _ in 0..count {
+        let a_off: usize = index.iter().zip(a_batch_strides).map(|(i, s)| i * s).sum();
+        let b_off: usize = index.iter().zip(b_batch_strides).map(|(i, s)| i * s).sum();
+        offsets.push((la.start_offset() + a_off, lb.start_offset() + b_off));
+        // Next index, last dimension fastest.
+        for (i, &d) in index.iter_mut().zip(batch_dims).rev() {
+            *i += 1;
+            if *i < d {
+                break;
+            }
+            *i = 0;
+        }
+    }
+    offsets
+}

@@ -1,0 +1,36 @@
+//! CPU compute kernels for kiln. This crate owns the hot numeric loops, written with
+//! `std::arch` (for now GEMM in f32, and in bf16 with f32 accumulation), and the run-time
+//! choice of instruction set by CPU features: AVX512-BF16, AVX-512F, AVX2+FMA, or portable
+//! Rust ([`KernelPath`]). [`candle_ops`] exposes the kernels to candle tensors. It must not
+//! know model architectures or weights and does no I/O: callers hand it slices or tensors.
+//!
+//! - [`gemm`] / [`gemm_with`]: `C (+)= A · B` for [`MatRef`] views with any strides, so a
+//!   linear layer's `x · wᵀ` is `gemm(MatRef::row_major(&x, m, k)?, MatRef::row_major(&w,
+//!   n, k)?.t(), &mut c, false)` with no copy of `w`.
+//! - [`gemm_batched`] / [`gemm_batched_with`]: a batch of products over [`BatchRef`] views
+//!   (attention's per-head `q · kᵀ` and `p · v`).
+//! - [`PackedRhs`] + [`gemm_prepacked`]: B (a weight) packed once and reused.
+//! - [`candle_ops::matmul`]: the same for candle tensors, with gradients.
+//! - [`f32_to_bf16`]: vectorised rounding of results to bf16.
+//! - [`peak`]: the machine's measured multiply-add peak, to read GFLOP/s against.
+//!
+//! The AVX-512 paths need rustc 1.89 or newer (see build.rs); older compilers build the
+//! AVX2 and portable paths only.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod candle_ops;
+mod convert;
+mod error;
+mod gemm;
+mod kernel_path;
+mod matrix;
+pub mod peak;
+
+pub use convert::f32_to_bf16;
+pub use error::{KernelError, Result};
+pub use gemm::{
+    gemm, gemm_batched, gemm_batched_with, gemm_prepacked, gemm_with, GemmInput, PackedRhs,
+};
+pub use kernel_path::KernelPath;
+pub use matrix::{BatchRef, MatRef};
