@@ -15,7 +15,7 @@ use crate::checkpoint::{
     LossLog, TrainState,
 };
 use crate::conditioning::{sample_conditioning, ConditionRates};
-use crate::data::{clip_batch, gaussian, rng_for, ClipBatch, Stream};
+use crate::data::{clip_batch, gaussian, rng_for, Stream};
 use crate::error::{Result, TrainError};
 use crate::init::initialise;
 use crate::optim::{AdamW, AdamWConfig};
@@ -28,10 +28,6 @@ pub const FLOW_SHIFT: f64 = 3.0;
 pub const TEXT_LEN: usize = 512;
 /// Weight of the latent L2 penalty that keeps the autoencoder's latents bounded.
 const LATENT_PENALTY: f64 = 1e-4;
-/// Extra reconstruction weight on object pixels. Objects cover a few percent of a frame,
-/// so an unweighted loss is met by background colours alone and the autoencoder learns
-/// to drop the shapes the captions are about (seen at 750 unweighted steps).
-const OBJECT_WEIGHT: f64 = 10.0;
 /// Clips encoded to measure the latent statistics written into `vae/config.json`.
 const STATISTICS_BATCHES: u64 = 4;
 
@@ -367,9 +363,7 @@ pub fn train_vae(
             let latents = model.encode(&batch.video)?;
             let recon = model.decode(&latents)?;
             let diff = (&recon - &batch.video)?;
-            let weight = object_weight(&batch)?;
-            let loss = ((diff.abs()?.broadcast_mul(&weight)?.mean_all()?
-                + diff.sqr()?.broadcast_mul(&weight)?.mean_all()?)?
+            let loss = ((diff.abs()?.mean_all()? + diff.sqr()?.mean_all()?)?
                 + (latents.sqr()?.mean_all()? * LATENT_PENALTY)?)?;
             Ok(loss)
         },
@@ -378,33 +372,6 @@ pub fn train_vae(
     )?;
     export_vae(opts, &build_from(&map, &device, build_vae)?, &map, &device)?;
     Ok(summary)
-}
-
-/// (B, 1, F, H, W) reconstruction weights: 1 on background, `1 + OBJECT_WEIGHT` on objects.
-fn object_weight(batch: &ClipBatch) -> candle_core::Result<Tensor> {
-    let values: Vec<f32> = batch
-        .object_ids
-        .iter()
-        .flatten()
-        .map(|&id| {
-            if id > 0 {
-                1.0 + OBJECT_WEIGHT as f32
-            } else {
-                1.0
-            }
-        })
-        .collect();
-    Tensor::from_vec(
-        values,
-        (
-            batch.object_ids.len(),
-            1,
-            batch.frames,
-            batch.height,
-            batch.width,
-        ),
-        batch.video.device(),
-    )
 }
 
 /// Per-channel mean and std of the encoder's latents over a fixed set of clips, written
