@@ -7,6 +7,7 @@
 //! tokenize or do I/O beyond reading configs and tensors.
 
 pub mod error;
+pub mod kernel_linear;
 pub mod umt5;
 pub mod wan;
 pub mod weights;

@@ -12,6 +12,8 @@
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::init::{Init, DEFAULT_KAIMING_NORMAL};
 use candle_nn::{linear, Linear, VarBuilder};
+
+use crate::kernel_linear::{kernel_linear, KernelLinear};
 use serde::Deserialize;
 
 /// `transformer/config.json` as diffusers' `WanTransformer3DModel` writes it. Absent fields
@@ -317,10 +319,10 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// heads, optional RoPE, attention, output projection.
 #[derive(Debug, Clone)]
 struct Attention {
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
-    to_out: Linear,
+    to_q: KernelLinear,
+    to_k: KernelLinear,
+    to_v: KernelLinear,
+    to_out: KernelLinear,
     norm_q: RmsNorm,
     norm_k: RmsNorm,
     heads: usize,
@@ -330,10 +332,10 @@ impl Attention {
     fn new(dim: usize, heads: usize, head_dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         let inner = heads * head_dim;
         Ok(Self {
-            to_q: linear(dim, inner, vb.pp("to_q"))?,
-            to_k: linear(dim, inner, vb.pp("to_k"))?,
-            to_v: linear(dim, inner, vb.pp("to_v"))?,
-            to_out: linear(inner, dim, vb.pp("to_out.0"))?,
+            to_q: kernel_linear(dim, inner, vb.pp("to_q"))?,
+            to_k: kernel_linear(dim, inner, vb.pp("to_k"))?,
+            to_v: kernel_linear(dim, inner, vb.pp("to_v"))?,
+            to_out: kernel_linear(inner, dim, vb.pp("to_out.0"))?,
             norm_q: RmsNorm::new(inner, eps, vb.pp("norm_q"))?,
             norm_k: RmsNorm::new(inner, eps, vb.pp("norm_k"))?,
             heads,
@@ -373,15 +375,15 @@ impl Attention {
 /// Two-layer MLP with tanh-approximated GELU (`FeedForward`, "gelu-approximate").
 #[derive(Debug, Clone)]
 struct FeedForward {
-    proj_in: Linear,
-    proj_out: Linear,
+    proj_in: KernelLinear,
+    proj_out: KernelLinear,
 }
 
 impl FeedForward {
     fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            proj_in: linear(dim, hidden, vb.pp("net.0.proj"))?,
-            proj_out: linear(hidden, dim, vb.pp("net.2"))?,
+            proj_in: kernel_linear(dim, hidden, vb.pp("net.0.proj"))?,
+            proj_out: kernel_linear(hidden, dim, vb.pp("net.2"))?,
         })
     }
 }
@@ -497,11 +499,11 @@ fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
 #[derive(Debug, Clone)]
 struct ConditionEmbedder {
     freq_dim: usize,
-    time_linear_1: Linear,
-    time_linear_2: Linear,
-    time_proj: Linear,
-    text_linear_1: Linear,
-    text_linear_2: Linear,
+    time_linear_1: KernelLinear,
+    time_linear_2: KernelLinear,
+    time_proj: KernelLinear,
+    text_linear_1: KernelLinear,
+    text_linear_2: KernelLinear,
     /// kiln addition: camera vector -> time-embedding offset (see `Config::camera_dim`).
     camera_embedder: Option<CameraEmbedder>,
 }
@@ -543,11 +545,11 @@ impl ConditionEmbedder {
         let time_vb = vb.pp("time_embedder").to_dtype(DType::F32);
         Ok(Self {
             freq_dim: cfg.freq_dim,
-            time_linear_1: linear(cfg.freq_dim, dim, time_vb.pp("linear_1"))?,
-            time_linear_2: linear(dim, dim, time_vb.pp("linear_2"))?,
-            time_proj: linear(dim, 6 * dim, vb.pp("time_proj"))?,
-            text_linear_1: linear(cfg.text_dim, dim, vb.pp("text_embedder.linear_1"))?,
-            text_linear_2: linear(dim, dim, vb.pp("text_embedder.linear_2"))?,
+            time_linear_1: kernel_linear(cfg.freq_dim, dim, time_vb.pp("linear_1"))?,
+            time_linear_2: kernel_linear(dim, dim, time_vb.pp("linear_2"))?,
+            time_proj: kernel_linear(dim, 6 * dim, vb.pp("time_proj"))?,
+            text_linear_1: kernel_linear(cfg.text_dim, dim, vb.pp("text_embedder.linear_1"))?,
+            text_linear_2: kernel_linear(dim, dim, vb.pp("text_embedder.linear_2"))?,
             camera_embedder: cfg
                 .camera_dim
                 .map(|c| CameraEmbedder::new(c, dim, vb.pp("camera_embedder")))
@@ -652,7 +654,7 @@ pub struct WanTransformer {
     rope: RotaryPosEmbed,
     condition_embedder: ConditionEmbedder,
     blocks: Vec<TransformerBlock>,
-    proj_out: Linear,
+    proj_out: KernelLinear,
     /// (1, 2, dim) f32: learned offsets of the output shift and scale.
     scale_shift_table: Tensor,
     config: Config,
@@ -679,7 +681,7 @@ impl WanTransformer {
             rope: RotaryPosEmbed::new(cfg.attention_head_dim, cfg.rope_max_seq_len),
             condition_embedder: ConditionEmbedder::new(cfg, vb.pp("condition_embedder"))?,
             blocks,
-            proj_out: linear(dim, cfg.out_channels() * pt * ph * pw, vb.pp("proj_out"))?,
+            proj_out: kernel_linear(dim, cfg.out_channels() * pt * ph * pw, vb.pp("proj_out"))?,
             scale_shift_table: modulation_table(2, dim, &vb)?,
             config: cfg.clone(),
             dtype: vb.dtype(),
