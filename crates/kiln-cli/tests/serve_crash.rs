@@ -21,7 +21,17 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn_server(data: &Path, port: u16) -> Child {
+/// Kills the server when dropped, so a failed assertion leaves no process behind.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_server(data: &Path, port: u16) -> Server {
     // A short lease: a killed server's running job goes back to the queue 3 s later.
     let config = data.with_extension("toml");
     std::fs::write(&config, "lease_seconds = 3\nheartbeat_seconds = 1\n").unwrap();
@@ -33,6 +43,7 @@ fn spawn_server(data: &Path, port: u16) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Server)
         .expect("kiln serve starts")
 }
 
@@ -97,8 +108,8 @@ async fn sigkill_three_times_loses_and_repeats_nothing() {
     for kill in 0..KILLS {
         let wait = moments.next_ms(200, 1500);
         tokio::time::sleep(Duration::from_millis(wait)).await;
-        server.kill().unwrap(); // SIGKILL
-        server.wait().unwrap();
+        server.0.kill().unwrap(); // SIGKILL
+        server.0.wait().unwrap();
         eprintln!("kill {} after {wait} ms", kill + 1);
         server = spawn_server(&data, port);
         wait_healthy(&http, &base).await;
@@ -162,6 +173,4 @@ async fn sigkill_three_times_loses_and_repeats_nothing() {
     let mut expected: Vec<String> = ids.iter().map(|id| format!("{id}_0.mp4")).collect();
     expected.sort();
     assert_eq!(files, expected);
-    server.kill().unwrap();
-    server.wait().unwrap();
 }
