@@ -194,3 +194,45 @@ fn batch_offsets(
     }
     offsets
 }
+
+/// GELU in its tanh form, computed in f32 and returned in `x`'s dtype. CPU f32 and bf16
+/// tensors outside autograd run [`crate::activation`]'s vectorised, threaded loop; tensors
+/// that record gradients, other dtypes and devices take candle's `gelu` in f32.
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    let fast = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::BF16);
+    if !fast || x.track_op() {
+        return x.to_dtype(DType::F32)?.gelu()?.to_dtype(x.dtype());
+    }
+    x.contiguous()?.apply_op1_no_bwd(&GeluTanh)
+}
+
+struct GeluTanh;
+
+impl candle_core::CustomOp1 for GeluTanh {
+    fn name(&self) -> &'static str {
+        "kiln-gelu-tanh"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("kiln-gelu-tanh: needs a contiguous tensor")
+        };
+        let wrap = candle_core::Error::wrap;
+        let out = match storage {
+            CpuStorage::F32(xs) => {
+                let mut out = vec![0f32; end - start];
+                crate::activation::gelu_tanh_f32(&xs[start..end], &mut out).map_err(wrap)?;
+                CpuStorage::F32(out)
+            }
+            CpuStorage::BF16(xs) => {
+                let mut out = vec![bf16::ZERO; end - start];
+                crate::activation::gelu_tanh_bf16(&xs[start..end], &mut out).map_err(wrap)?;
+                CpuStorage::BF16(out)
+            }
+            other => {
+                candle_core::bail!("kiln-gelu-tanh: f32 or bf16 only, got {:?}", other.dtype())
+            }
+        };
+        Ok((out, layout.shape().clone()))
+    }
+}

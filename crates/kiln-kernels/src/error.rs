@@ -13,6 +13,12 @@ pub enum KernelError {
         "gemm: C holds {found} elements but the product needs {expected} (row-major, contiguous)"
     )]
     OutputLen { expected: usize, found: usize },
+    #[error("{op}: {input} elements in but room for {output}; the slices must be equally long")]
+    ElementwiseLen {
+        op: &'static str,
+        input: usize,
+        output: usize,
+    },
     #[error("f32_to_bf16: {src} f32 in but room for {dst} bf16; the slices must be equally long")]
     ConvertLen { src: usize, dst: usize },
     #[error("{operand}: its strides reach element {last_index} but the slice holds {len}")]

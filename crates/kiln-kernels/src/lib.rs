@@ -12,6 +12,7 @@
 //! - [`PackedRhs`] + [`gemm_prepacked`]: B (a weight) packed once and reused.
 //! - [`candle_ops::matmul`]: the same for candle tensors, with gradients.
 //! - [`f32_to_bf16`]: vectorised rounding of results to bf16.
+//! - [`activation`]: GELU (tanh form) over slices, vectorised and threaded.
 //! - [`peak`]: the machine's measured multiply-add peak, to read GFLOP/s against.
 //!
 //! The AVX-512 paths need rustc 1.89 or newer (see build.rs); older compilers build the
@@ -19,6 +20,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod activation;
 pub mod candle_ops;
 mod convert;
 mod error;

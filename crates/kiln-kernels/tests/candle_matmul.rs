@@ -194,3 +194,28 @@ fn gradients_match_candle() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn gelu_equals_candle_gelu() -> candle_core::Result<()> {
+    let dev = candle_core::Device::Cpu;
+    // A transposed view exercises the contiguous copy.
+    let x = (candle_core::Tensor::randn(0f32, 3.0, (37, 129), &dev)?).t()?;
+    let ours = kiln_kernels::candle_ops::gelu_tanh(&x)?;
+    let theirs = x.gelu()?;
+    let diff = (&ours - &theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(diff < 2e-6, "f32 gelu differs by {diff}");
+    let xb = x.to_dtype(candle_core::DType::BF16)?;
+    let ours = kiln_kernels::candle_ops::gelu_tanh(&xb)?;
+    assert_eq!(ours.dtype(), candle_core::DType::BF16);
+    let theirs = xb.to_dtype(candle_core::DType::F32)?.gelu()?;
+    let diff = (ours.to_dtype(candle_core::DType::F32)? - &theirs)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
+    let scale = theirs.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(
+        diff <= scale * 2f32.powi(-8),
+        "bf16 gelu differs by {diff} at scale {scale}"
+    );
+    Ok(())
+}

@@ -464,7 +464,7 @@ impl TransformerBlock {
 
 /// Tanh-approximated GELU evaluated in f32 (candle's half-precision GELU rounds every step).
 fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    x.to_dtype(DType::F32)?.gelu()?.to_dtype(x.dtype())
+    kiln_kernels::candle_ops::gelu_tanh(x)
 }
 
 /// SiLU evaluated in f32.
