@@ -39,6 +39,27 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     std::fs::rename(&tmp, path).map_err(io_err(path))
 }
 
+/// Where a checkpoint is written before it replaces the previous one.
+pub const STAGING_DIR: &str = ".checkpoint-next";
+
+/// Moves a checkpoint written whole into `staging` over the one in `dir`, `state.json`
+/// last. Every file is written before any is replaced, so a failed write (a full disk)
+/// leaves the previous checkpoint intact and consistent; renames need no space.
+pub fn commit_staged(staging: &Path, dir: &Path) -> Result<()> {
+    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(staging)
+        .map_err(io_err(staging))?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .filter(|n| !n.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    // The state names the step of the files beside it, so it goes last.
+    names.sort_by_key(|n| n == "state.json");
+    for name in names {
+        let to = dir.join(&name);
+        std::fs::rename(staging.join(&name), &to).map_err(io_err(&to))?;
+    }
+    Ok(())
+}
+
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     write_atomic(path, |tmp| {
         let text =
@@ -157,4 +178,28 @@ pub fn scheduler_config_json(flow_shift: f64) -> Value {
         "use_flow_sigmas": true,
         "use_karras_sigmas": false
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_checkpoint_replaces_the_previous_one_whole() {
+        let dir = std::env::temp_dir().join(format!("kiln-staged-{}", std::process::id()));
+        let staging = dir.join(STAGING_DIR);
+        std::fs::create_dir_all(&staging).unwrap();
+        for (name, text) in [("weights", "old"), ("state.json", "1")] {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        // A write that died half way leaves only a .tmp, which is never moved.
+        std::fs::write(staging.join("optimizer.tmp"), "partial").unwrap();
+        std::fs::write(staging.join("weights"), "new").unwrap();
+        std::fs::write(staging.join("state.json"), "2").unwrap();
+        commit_staged(&staging, &dir).unwrap();
+        let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap();
+        assert_eq!((read("weights"), read("state.json")), ("new".into(), "2".into()));
+        assert!(!dir.join("optimizer.tmp").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -11,12 +11,12 @@ use kiln_models::wan::vae::{self, WanVae};
 use serde_json::json;
 
 use crate::checkpoint::{
-    create_dir, model_index_json, read_json, save_varmap, scheduler_config_json, write_json,
-    LossLog, TrainState,
+    commit_staged, create_dir, model_index_json, read_json, save_varmap, scheduler_config_json,
+    write_json, LossLog, TrainState, STAGING_DIR,
 };
 use crate::conditioning::{sample_conditioning, ConditionRates};
 use crate::data::{clip_batch, gaussian, rng_for, Stream};
-use crate::error::{Result, TrainError};
+use crate::error::{io_err, Result, TrainError};
 use crate::init::initialise;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::sizes::{ClipGeometry, ModelSizes, CAMERA_DIM};
@@ -293,10 +293,12 @@ fn run_loop(
         on_step(&report);
         if run.state.step.is_multiple_of(opts.checkpoint_every) || run.state.step == opts.steps {
             run.state.wall_seconds = wall_before + session.elapsed().as_secs_f64();
-            save(&run.dir, optimizer)?;
-            optimizer.save(&run.dir.join("optimizer.safetensors"))?;
-            // The state goes last: it only ever names complete weights.
-            write_json(&run.dir.join("state.json"), &run.state)?;
+            let staging = run.dir.join(STAGING_DIR);
+            std::fs::create_dir_all(&staging).map_err(io_err(&staging))?;
+            save(&staging, optimizer)?;
+            optimizer.save(&staging.join("optimizer.safetensors"))?;
+            write_json(&staging.join("state.json"), &run.state)?;
+            commit_staged(&staging, &run.dir)?;
             tracing::info!(
                 stage = stage.name(),
                 step = run.state.step,
