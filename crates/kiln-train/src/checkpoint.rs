@@ -198,7 +198,10 @@ mod tests {
         std::fs::write(staging.join("state.json"), "2").unwrap();
         commit_staged(&staging, &dir).unwrap();
         let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap();
-        assert_eq!((read("weights"), read("state.json")), ("new".into(), "2".into()));
+        assert_eq!(
+            (read("weights"), read("state.json")),
+            ("new".into(), "2".into())
+        );
         assert!(!dir.join("optimizer.tmp").exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
