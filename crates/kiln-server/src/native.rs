@@ -287,13 +287,16 @@ pub async fn cancel(
             })
         }
     };
-    let view = load_view(&state, &id, &owner).await?;
+    let job = state
+        .store
+        .get(&id, Some(&owner))
+        .await?
+        .ok_or_else(|| NativeError::not_found(format!("job {id}")))?;
     if outcome == CancelOutcome::Cancelled {
-        if let Ok(Some(job)) = state.store.get(&id, Some(&owner)).await {
-            crate::dialects::spawn_job_webhook(&state, &job);
-        }
+        crate::dialects::spawn_job_webhook(&state, &job);
     }
-    Ok((status, Json(view)).into_response())
+    // Cancelled or running: neither has a queue position.
+    Ok((status, Json(JobView::new(&job, None))).into_response())
 }
 
 /// Liveness: the process answers and the store reads.

@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -30,7 +30,7 @@ use kiln_jobs::{CancelOutcome, Job, JobState};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{enqueue, output_urls, uploads, BaseUrl, Submission, SubmitError};
+use super::{enqueue, now_ms, output_urls, uploads, BaseUrl, Submission, SubmitError};
 use crate::auth::scheme_token;
 use crate::delivery::{sign_body, OutboundWebhook, SIGNATURE_HEADER};
 use crate::request::{AspectRatio, DurationSeconds, FrameImage, FramePosition, RequestError};
@@ -816,12 +816,6 @@ async fn find_job(state: &AppState, owner: &str, path: &RequestPath) -> Result<J
         return Err(not_found());
     }
     Ok(job)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// `2025-01-01T12:00:00.123` (UTC, no offset), as fal's log timestamps read.

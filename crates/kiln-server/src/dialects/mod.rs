@@ -174,6 +174,13 @@ pub(crate) async fn wait_for_end(
     }
 }
 
+/// The wall clock in Unix milliseconds, as job timestamps are stored.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Unix milliseconds as ISO 8601 UTC with milliseconds (`2023-04-01T12:34:56.789Z`).
 pub(crate) fn utc_timestamp(ms: i64) -> String {
     let seconds = ms.div_euclid(1000);
@@ -235,26 +242,37 @@ pub(crate) mod uploads {
         state.config.data_dir.join("uploads")
     }
 
+    /// The media an upload may hold, by file extension; anything else is stored as `.bin`.
+    const MEDIA_TYPES: [(&str, &str); 5] = [
+        ("png", "image/png"),
+        ("jpg", "image/jpeg"),
+        ("webp", "image/webp"),
+        ("gif", "image/gif"),
+        ("mp4", "video/mp4"),
+    ];
+
     fn extension_for(content_type: &str) -> &'static str {
-        match content_type.split(';').next().unwrap_or("").trim() {
-            "image/png" => "png",
-            "image/jpeg" | "image/jpg" => "jpg",
-            "image/webp" => "webp",
-            "image/gif" => "gif",
-            "video/mp4" => "mp4",
-            _ => "bin",
-        }
+        let mime = match content_type.split(';').next().unwrap_or("").trim() {
+            "image/jpg" => "image/jpeg",
+            other => other,
+        };
+        MEDIA_TYPES
+            .iter()
+            .find(|(_, m)| *m == mime)
+            .map_or("bin", |(ext, _)| ext)
     }
 
-    fn content_type_for(key: &str) -> &'static str {
-        match key.rsplit_once('.').map(|(_, e)| e) {
-            Some("png") => "image/png",
-            Some("jpg") => "image/jpeg",
-            Some("webp") => "image/webp",
-            Some("gif") => "image/gif",
-            Some("mp4") => "video/mp4",
-            _ => "application/octet-stream",
-        }
+    /// The media type of a file by its name's extension (any case, `.jpeg` too).
+    pub(crate) fn content_type_for(name: &str) -> &'static str {
+        let ext = name
+            .rsplit_once('.')
+            .map(|(_, e)| e.to_ascii_lowercase())
+            .unwrap_or_default();
+        let ext = if ext == "jpeg" { "jpg" } else { ext.as_str() };
+        MEDIA_TYPES
+            .iter()
+            .find(|(e, _)| *e == ext)
+            .map_or("application/octet-stream", |(_, mime)| mime)
     }
 
     /// A key names an upload only if it is `<uuid>.<ext>` with nothing else in it.
@@ -302,25 +320,19 @@ pub(crate) mod uploads {
             .rsplit_once("/uploads/")
             .map_or(source, |(_, key)| key)
             .trim();
-        let key = if valid_key(tail) {
-            tail.to_string()
-        } else if uuid::Uuid::parse_str(tail).is_ok() {
-            // A bare UUID (Runware's imageUUID): whatever extension it was stored with.
-            let mut entries = tokio::fs::read_dir(folder(state)).await.ok()?;
-            let mut found = None;
-            while let Ok(Some(entry)) = entries.next_entry().await {
-                let name = entry.file_name().to_string_lossy().to_string();
-                if name.split_once('.').map(|(id, _)| id) == Some(tail) {
-                    found = Some(name);
-                    break;
-                }
+        if valid_key(tail) {
+            let bytes = tokio::fs::read(folder(state).join(tail)).await.ok()?;
+            return Some((tail.to_string(), bytes));
+        }
+        // A bare UUID (Runware's imageUUID): stored under one of the known extensions.
+        uuid::Uuid::parse_str(tail).ok()?;
+        for ext in MEDIA_TYPES.iter().map(|(e, _)| *e).chain(["bin"]) {
+            let key = format!("{tail}.{ext}");
+            if let Ok(bytes) = tokio::fs::read(folder(state).join(&key)).await {
+                return Some((key, bytes));
             }
-            found?
-        } else {
-            return None;
-        };
-        let bytes = tokio::fs::read(folder(state).join(&key)).await.ok()?;
-        Some((key, bytes))
+        }
+        None
     }
 
     /// `GET /uploads/{key}`.

@@ -16,7 +16,6 @@
 //! routes too.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Path, Request, State};
@@ -30,7 +29,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{enqueue, resolved_of, BaseUrl, Submission, SubmitError};
-use super::{utc_timestamp, wait_for_end};
+use super::{now_ms, utc_timestamp, wait_for_end};
 use crate::auth::scheme_token;
 use crate::request::{
     AspectRatio, CameraControl, DurationSeconds, DynamicMaskInput, FrameImage, FramePosition, Mode,
@@ -258,12 +257,6 @@ fn sync_error(answer: Answer, error: ProdiaError) -> Response {
     );
     error.add_headers(response.headers_mut());
     response
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Files sent as multipart `input` parts, by file name: (content type, bytes).

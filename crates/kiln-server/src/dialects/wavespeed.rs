@@ -13,7 +13,7 @@
 //! is a fresh UUID that only the ticket's holder knows: that is what pre-authorises the
 //! PUT, which the SDK sends without `Authorization`, as to a presigned URL.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::multipart::MultipartRejection;
@@ -487,22 +487,6 @@ struct UploadTicketRequest {
     content_type: Option<String>,
 }
 
-/// The media type of a file by its name, for clients that send none.
-fn content_type_for_name(name: &str) -> &'static str {
-    let extension = name
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
-    match extension.as_str() {
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        "webp" => "image/webp",
-        "gif" => "image/gif",
-        "mp4" => "video/mp4",
-        _ => "application/octet-stream",
-    }
-}
-
 /// `POST /api/v3/media/uploads`: a ticket to PUT one file to.
 async fn create_upload_ticket(
     State(state): State<AppState>,
@@ -526,7 +510,7 @@ async fn create_upload_ticket(
     let content_type = ticket
         .content_type
         .filter(|c| !c.trim().is_empty())
-        .unwrap_or_else(|| content_type_for_name(&ticket.filename).to_string());
+        .unwrap_or_else(|| uploads::content_type_for(&ticket.filename).to_string());
     let key = uploads::save(&state, &[], &content_type)
         .await
         .map_err(|e| WaveSpeedError::Internal {
@@ -623,7 +607,7 @@ async fn upload_binary(
             .content_type()
             .filter(|c| !c.starts_with("application/octet-stream"))
             .map_or_else(
-                || content_type_for_name(&filename).to_string(),
+                || uploads::content_type_for(&filename).to_string(),
                 str::to_string,
             );
         let bytes = field
@@ -683,10 +667,7 @@ pub(crate) fn webhook(state: &AppState, job: &Job) -> Option<OutboundWebhook> {
             return None;
         }
     };
-    let timestamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        .to_string();
+    let timestamp = (super::now_ms() / 1000).to_string();
     let mut headers = vec![
         ("webhook-id".to_string(), job.id.clone()),
         ("webhook-timestamp".to_string(), timestamp.clone()),
