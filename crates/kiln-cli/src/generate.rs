@@ -21,10 +21,23 @@ use kiln_server::{load_conditions, ConditionInput, ConditionSources};
 pub const BUNDLED_MODEL: &str = "models/kiln-bundled";
 
 #[derive(Clone, Copy, ValueEnum)]
-enum ComputeDtype {
+pub enum ComputeDtype {
+    /// bf16 on CPUs with AVX512-BF16, f32 elsewhere.
+    Auto,
     F32,
     Bf16,
     F16,
+}
+
+impl ComputeDtype {
+    pub fn resolve(self) -> DType {
+        match self {
+            ComputeDtype::Auto => kiln_models::default_cpu_dtype(),
+            ComputeDtype::F32 => DType::F32,
+            ComputeDtype::Bf16 => DType::BF16,
+            ComputeDtype::F16 => DType::F16,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -99,7 +112,8 @@ pub struct GenerateArgs {
     /// Random seed [default: drawn at random and reported].
     #[arg(long)]
     seed: Option<u64>,
-    #[arg(long, value_enum, default_value = "f32")]
+    /// Compute dtype; auto is bf16 on CPUs with AVX512-BF16 and f32 elsewhere.
+    #[arg(long, value_enum, default_value = "auto")]
     dtype: ComputeDtype,
     /// Video file to write: .mp4 or .mov (H.264), .webm (AV1), or .y4m (uncompressed).
     #[arg(long)]
@@ -366,11 +380,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         .as_ref()
         .map(load_init_latents)
         .transpose()?;
-    let dtype = match args.dtype {
-        ComputeDtype::F32 => DType::F32,
-        ComputeDtype::Bf16 => DType::BF16,
-        ComputeDtype::F16 => DType::F16,
-    };
+    let dtype = args.dtype.resolve();
 
     let bar = ProgressBar::new_spinner();
     if args.json {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device};
+use candle_core::Device;
 use clap::Args;
 use kiln_pipeline::{CheckpointPaths, WanPipeline};
 use kiln_server::{bind_allowed, ListenerScheme, Server, ServerConfig, Surface};
@@ -25,6 +25,9 @@ pub struct ServeArgs {
     /// TOML file with keys, workers, limits, prices and delivery settings (see docs/server.md).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Compute dtype; auto is bf16 on CPUs with AVX512-BF16 and f32 elsewhere.
+    #[arg(long, value_enum, default_value = "auto")]
+    dtype: crate::generate::ComputeDtype,
     /// Jobs generated at once [default: 1, or the config file's].
     #[arg(long)]
     workers: Option<usize>,
@@ -209,7 +212,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         model: crate::generate::model_dir(args.model.as_ref())?,
         ..Default::default()
     };
-    let pipeline = WanPipeline::load(&paths, DType::F32, &Device::Cpu)?;
+    let pipeline = WanPipeline::load(&paths, args.dtype.resolve(), &Device::Cpu)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -131,6 +131,9 @@ fn generate_matches_the_reference_video() {
         "--output",
         y4m.to_str().unwrap(),
         "--json",
+        // The reference is f32; the default would be bf16 on AVX512-BF16 machines.
+        "--dtype",
+        "f32",
     ]);
     assert!(
         out.status.success(),
@@ -171,6 +174,20 @@ fn generate_matches_the_reference_video() {
     assert!(bytes.starts_with(format!("YUV4MPEG2 W{w} H{h} F16:1").as_bytes()));
     let header = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
     assert_eq!(bytes.len(), header + f * (6 + 3 * h * w));
+}
+
+#[test]
+fn default_dtype_follows_the_cpu() {
+    let m = model("tiny_nocfg");
+    let out = kiln(&tiny_args(&m, &["--seed", "1", "--json"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want = format!("{:?}", kiln_models::default_cpu_dtype()).to_lowercase();
+    assert_eq!(summary["dtype"], want.as_str());
 }
 
 #[test]

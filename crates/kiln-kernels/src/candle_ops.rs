@@ -236,3 +236,103 @@ impl candle_core::CustomOp1 for GeluTanh {
         Ok((out, layout.shape().clone()))
     }
 }
+
+/// A stride-1 convolution of frames `x` `(B, T, C, H, W)` by `weight` `(O, kt·kh·kw·C)`
+/// (taps outer, channels inner) plus an f32 `bias` `(O)`, zero-padding H and W by `pad_hw`:
+/// `(B, T', O, H', W')` in `x`'s dtype, summed in f32 (see [`crate::conv`]). For CPU f32 or
+/// bf16 tensors outside autograd; it has no backward, so callers keep a differentiable
+/// form for training.
+pub fn conv3d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    kernel: (usize, usize, usize),
+    pad_hw: usize,
+) -> Result<Tensor> {
+    let (batch, t, c_in, h, w) = x.dims5()?;
+    let (c_out, k) = weight.dims2()?;
+    let (kt, kh, kw) = kernel;
+    if k != kt * kh * kw * c_in {
+        candle_core::bail!(
+            "kiln-conv3d: weight has {k} columns, kernel {kernel:?} over {c_in} channels needs {}",
+            kt * kh * kw * c_in
+        );
+    }
+    if x.dtype() != weight.dtype() || bias.dtype() != DType::F32 || bias.elem_count() != c_out {
+        candle_core::bail!(
+            "kiln-conv3d: needs x and weight of one dtype and an f32 bias of {c_out}, got {:?}, {:?}, {:?} {:?}",
+            x.dtype(),
+            weight.dtype(),
+            bias.dtype(),
+            bias.dims()
+        );
+    }
+    let shape = crate::conv::Conv3dShape {
+        batch,
+        t,
+        c_in,
+        h,
+        w,
+        c_out,
+        kernel,
+        pad_hw,
+    };
+    x.contiguous()?.apply_op3_no_bwd(
+        &weight.contiguous()?,
+        &bias.flatten_all()?.contiguous()?,
+        &Conv3dOp(shape),
+    )
+}
+
+struct Conv3dOp(crate::conv::Conv3dShape);
+
+impl candle_core::CustomOp3 for Conv3dOp {
+    fn name(&self) -> &'static str {
+        "kiln-conv3d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let s = self.0;
+        let (t_out, ho, wo) = s.output_dims().map_err(candle_core::Error::wrap)?;
+        let shape = Shape::from((s.batch, t_out, s.c_out, ho, wo));
+        let slice = |l: &Layout| match l.contiguous_offsets() {
+            Some(range) => Ok(range),
+            None => Err(candle_core::Error::Msg(
+                "kiln-conv3d: needs contiguous tensors".into(),
+            )),
+        };
+        let (rx, rw, rb) = (slice(lx)?, slice(lw)?, slice(lb)?);
+        let CpuStorage::F32(bias) = sb else {
+            candle_core::bail!("kiln-conv3d: bias must be f32")
+        };
+        let bias = &bias[rb.0..rb.1];
+        let wrap = candle_core::Error::wrap;
+        match (sx, sw) {
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => {
+                let mut y = vec![0f32; shape.elem_count()];
+                crate::conv::conv3d(&x[rx.0..rx.1], &w[rw.0..rw.1], bias, s, &mut y)
+                    .map_err(wrap)?;
+                Ok((CpuStorage::F32(y), shape))
+            }
+            (CpuStorage::BF16(x), CpuStorage::BF16(w)) => {
+                let mut y = vec![bf16::ZERO; shape.elem_count()];
+                crate::conv::conv3d_bf16(&x[rx.0..rx.1], &w[rw.0..rw.1], bias, s, &mut y)
+                    .map_err(wrap)?;
+                Ok((CpuStorage::BF16(y), shape))
+            }
+            _ => candle_core::bail!(
+                "kiln-conv3d: needs f32 or bf16 x and weight of one dtype, got {:?} and {:?}",
+                sx.dtype(),
+                sw.dtype()
+            ),
+        }
+    }
+}

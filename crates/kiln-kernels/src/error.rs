@@ -31,6 +31,19 @@ pub enum KernelError {
     Overflow { operand: &'static str },
     #[error("kernel path {path:?} is not supported by this CPU or build; use KernelPath::best()")]
     PathUnavailable { path: KernelPath },
+    #[error(
+        "conv: input {input:?} (T, H, W, padding included) is smaller than the kernel {kernel:?}"
+    )]
+    ConvShape {
+        input: (usize, usize, usize),
+        kernel: (usize, usize, usize),
+    },
+    #[error("{operand}: holds {found} elements but the shape needs {expected}")]
+    ConvLen {
+        operand: &'static str,
+        expected: usize,
+        found: usize,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, KernelError>;

@@ -12,6 +12,8 @@
 //! - [`PackedRhs`] + [`gemm_prepacked`]: B (a weight) packed once and reused.
 //! - [`candle_ops::matmul`]: the same for candle tensors, with gradients.
 //! - [`f32_to_bf16`]: vectorised rounding of results to bf16.
+//! - [`conv`]: stride-1 3D (and 2D) convolution of channel-first frames as GEMMs read
+//!   straight from the padded input.
 //! - [`activation`]: GELU (tanh form) over slices, vectorised and threaded.
 //! - [`peak`]: the machine's measured multiply-add peak, to read GFLOP/s against.
 //!
@@ -22,6 +24,7 @@
 
 pub mod activation;
 pub mod candle_ops;
+pub mod conv;
 mod convert;
 mod error;
 mod gemm;

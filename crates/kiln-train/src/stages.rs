@@ -363,7 +363,7 @@ pub fn train_vae(
                 &device,
             )?;
             let latents = model.encode(&batch.video)?;
-            let recon = model.decode(&latents)?;
+            let recon = model.decode_unclamped(&latents)?;
             let diff = (&recon - &batch.video)?;
             let loss = ((diff.abs()?.mean_all()? + diff.sqr()?.mean_all()?)?
                 + (latents.sqr()?.mean_all()? * LATENT_PENALTY)?)?;

@@ -274,6 +274,17 @@ fn conv_as_matmul(
     y.reshape((b, t_out, weight.dim(0)?, ho, wo))
 }
 
+/// Whether a stride-1 convolution runs on kiln-kernels' direct GEMM convolution: CPU f32
+/// or bf16 inference. Graphs that record gradients keep the im2col matmul, which candle
+/// differentiates.
+fn on_kiln_conv(x: &Tensor, weight: &Tensor) -> bool {
+    x.device().is_cpu()
+        && !x.track_op()
+        && !weight.track_op()
+        && x.dtype() == weight.dtype()
+        && matches!(x.dtype(), DType::F32 | DType::BF16)
+}
+
 /// candle's CPU backend has no bf16 GEMM, so bf16 operands are widened to f32 there.
 fn widen_on_cpu(x: &Tensor) -> Result<Tensor> {
     if x.dtype() == DType::BF16 && x.device().is_cpu() {
@@ -322,6 +333,17 @@ impl FrameConv {
 impl Module for FrameConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
+        if self.stride == 1 && on_kiln_conv(x, &self.weight) {
+            let y = kiln_kernels::candle_ops::conv3d(
+                &x.reshape((1, n, c, h, w))?,
+                &self.weight,
+                &self.bias,
+                (1, self.kernel, self.kernel),
+                self.padding,
+            )?;
+            let (_, _, o, ho, wo) = y.dims5()?;
+            return y.reshape((n, o, ho, wo));
+        }
         let xw = widen_on_cpu(x)?;
         let weight = widen_on_cpu(&self.weight)?;
         let p = self.padding;
@@ -426,6 +448,15 @@ impl CausalConv3d {
         let (b, t, c, h, w) = x.dims5()?;
         if t < kt {
             candle_core::bail!("causal conv3d: {t} frames after padding, kernel needs {kt}");
+        }
+        if self.stride_t == 1 && on_kiln_conv(&x, &self.weight) {
+            return kiln_kernels::candle_ops::conv3d(
+                &x,
+                &self.weight,
+                &self.bias,
+                self.kernel,
+                self.pad_hw,
+            );
         }
         let t_out = (t - kt) / self.stride_t + 1;
         let columns = b * t_out * kt * kh * kw * c * h * w;
@@ -1005,6 +1036,13 @@ impl WanVae {
     /// `z`: `(B, z, F', h, w)`, not normalised. Returns `(B, 3, 1 + 4 (F' - 1), 8h, 8w)`
     /// clamped to `[-1, 1]`, decoding one latent frame at a time as diffusers does.
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
+        self.decode_unclamped(z)?.clamp(-1f32, 1f32)
+    }
+
+    /// [`decode`](Self::decode) without the final clamp: what training must compare with
+    /// the target, since the clamp has no gradient where the output overshoots and such
+    /// pixels would stay stuck at -1 or 1 whatever the target.
+    pub fn decode_unclamped(&self, z: &Tensor) -> Result<Tensor> {
         let (_, c, f, _, _) = z.dims5()?;
         if c != self.config.z_dim || f == 0 {
             candle_core::bail!(
@@ -1024,10 +1062,7 @@ impl WanVae {
             cache.start_chunk();
             out.push(self.decoder.forward(&x.narrow(1, i, 1)?, &mut cache)?);
         }
-        Tensor::cat(&out, 1)?
-            .clamp(-1f32, 1f32)?
-            .permute((0, 2, 1, 3, 4))?
-            .contiguous()
+        Tensor::cat(&out, 1)?.permute((0, 2, 1, 3, 4))?.contiguous()
     }
 
     pub fn latents_mean(&self) -> Vec<f64> {
