@@ -4,7 +4,7 @@
 //! `broadcast_matmul` for anything else. Gradients are defined, so training through it works.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use half::bf16;
 use std::cell::RefCell;
 
@@ -334,5 +334,316 @@ impl candle_core::CustomOp3 for Conv3dOp {
                 sw.dtype()
             ),
         }
+    }
+}
+
+/// `LayerNorm(x) · a + b` over the last dim of `x` `(B, L, D)`, computed in f32 and returned
+/// in `x`'s dtype; `a` and `b` are f32 `(B, 1, D)` or `(1, 1, D)` (one for the whole batch).
+/// adaLN's `norm · (1 + scale) + shift` passes `a = 1 + scale`, `b = shift`. CPU f32 and
+/// bf16 tensors outside autograd run [`crate::norm`]'s fused pass; the rest the composite
+/// form, which candle differentiates.
+pub fn layer_norm_affine(x: &Tensor, a: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let (batch, _, dim) = x.dims3()?;
+    let fused = fusable(x, &[a, b]);
+    let (a, b) = (per_batch(a, batch, dim)?, per_batch(b, batch, dim)?);
+    if !fused {
+        let x32 = x.to_dtype(DType::F32)?;
+        let mean = x32.mean_keepdim(2)?;
+        let centered = x32.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(2)?;
+        let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+        return normed
+            .broadcast_mul(&a.unsqueeze(1)?)?
+            .broadcast_add(&b.unsqueeze(1)?)?
+            .to_dtype(x.dtype());
+    }
+    x.contiguous()?
+        .apply_op3_no_bwd(&a, &b, &LayerNormAffine { eps: eps as f32 })
+}
+
+/// `x + y · gate` in f32, returned in `x`'s dtype: `x`, `y` `(B, L, D)` of one dtype,
+/// `gate` f32 `(B, 1, D)` or `(1, 1, D)`. Fused as [`layer_norm_affine`].
+pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    let (batch, _, dim) = x.dims3()?;
+    let fused = fusable(x, &[y, gate]) && y.dtype() == x.dtype() && y.dims() == x.dims();
+    let gate = per_batch(gate, batch, dim)?;
+    if !fused {
+        let y = y.to_dtype(DType::F32)?.broadcast_mul(&gate.unsqueeze(1)?)?;
+        return (x.to_dtype(DType::F32)? + y)?.to_dtype(x.dtype());
+    }
+    x.contiguous()?
+        .apply_op3_no_bwd(&y.contiguous()?, &gate, &GatedResidual)
+}
+
+fn fusable(x: &Tensor, others: &[&Tensor]) -> bool {
+    x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::BF16)
+        && !x.track_op()
+        && others.iter().all(|t| !t.track_op() && t.device().is_cpu())
+}
+
+/// An f32 `(B, D)` contiguous copy of a `(B | 1, 1, D)` vector.
+fn per_batch(v: &Tensor, batch: usize, dim: usize) -> Result<Tensor> {
+    let v = v.to_dtype(DType::F32)?;
+    let v = match v.rank() {
+        3 => v.squeeze(1)?,
+        2 => v,
+        1 => v.unsqueeze(0)?,
+        _ => candle_core::bail!("per-row vector of shape {:?}: expected (B, 1, D)", v.dims()),
+    };
+    v.broadcast_as((batch, dim))?.contiguous()
+}
+
+/// The slices of three contiguous f32/bf16 operands as `RowShape` rows.
+fn rows_of(l: &Layout, groups: usize) -> Result<crate::norm::RowShape> {
+    let dims = l.dims();
+    let dim = *dims.last().unwrap_or(&0);
+    let rows = l.shape().elem_count() / dim.max(1);
+    Ok(crate::norm::RowShape {
+        groups,
+        rows_per_group: rows / groups.max(1),
+        dim,
+    })
+}
+
+fn contiguous_range(l: &Layout) -> Result<(usize, usize)> {
+    l.contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("kiln norm ops: needs contiguous tensors".into()))
+}
+
+struct LayerNormAffine {
+    eps: f32,
+}
+
+impl candle_core::CustomOp3 for LayerNormAffine {
+    fn name(&self) -> &'static str {
+        "kiln-layer-norm-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sa: &CpuStorage,
+        la: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (sa, sb) else {
+            candle_core::bail!("kiln-layer-norm-affine: scale and shift must be f32")
+        };
+        let (ra, rb, rx) = (
+            contiguous_range(la)?,
+            contiguous_range(lb)?,
+            contiguous_range(lx)?,
+        );
+        let shape = rows_of(lx, la.dims()[0])?;
+        let (a, b) = (&a[ra.0..ra.1], &b[rb.0..rb.1]);
+        let wrap = candle_core::Error::wrap;
+        let out = match sx {
+            CpuStorage::F32(x) => {
+                let mut out = vec![0f32; rx.1 - rx.0];
+                crate::norm::layer_norm_affine(&x[rx.0..rx.1], a, b, shape, self.eps, &mut out)
+                    .map_err(wrap)?;
+                CpuStorage::F32(out)
+            }
+            CpuStorage::BF16(x) => {
+                let mut out = vec![bf16::ZERO; rx.1 - rx.0];
+                crate::norm::layer_norm_affine(&x[rx.0..rx.1], a, b, shape, self.eps, &mut out)
+                    .map_err(wrap)?;
+                CpuStorage::BF16(out)
+            }
+            other => candle_core::bail!(
+                "kiln-layer-norm-affine: f32 or bf16 only, got {:?}",
+                other.dtype()
+            ),
+        };
+        Ok((out, lx.shape().clone()))
+    }
+}
+
+struct GatedResidual;
+
+impl candle_core::CustomOp3 for GatedResidual {
+    fn name(&self) -> &'static str {
+        "kiln-gated-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sy: &CpuStorage,
+        ly: &Layout,
+        sg: &CpuStorage,
+        lg: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(gate) = sg else {
+            candle_core::bail!("kiln-gated-residual: the gate must be f32")
+        };
+        let (rx, ry, rg) = (
+            contiguous_range(lx)?,
+            contiguous_range(ly)?,
+            contiguous_range(lg)?,
+        );
+        let shape = rows_of(lx, lg.dims()[0])?;
+        let gate = &gate[rg.0..rg.1];
+        let wrap = candle_core::Error::wrap;
+        let out = match (sx, sy) {
+            (CpuStorage::F32(x), CpuStorage::F32(y)) => {
+                let mut out = vec![0f32; rx.1 - rx.0];
+                crate::norm::gated_residual(&x[rx.0..rx.1], &y[ry.0..ry.1], gate, shape, &mut out)
+                    .map_err(wrap)?;
+                CpuStorage::F32(out)
+            }
+            (CpuStorage::BF16(x), CpuStorage::BF16(y)) => {
+                let mut out = vec![bf16::ZERO; rx.1 - rx.0];
+                crate::norm::gated_residual(&x[rx.0..rx.1], &y[ry.0..ry.1], gate, shape, &mut out)
+                    .map_err(wrap)?;
+                CpuStorage::BF16(out)
+            }
+            _ => candle_core::bail!(
+                "kiln-gated-residual: x and y must be both f32 or both bf16, got {:?} and {:?}",
+                sx.dtype(),
+                sy.dtype()
+            ),
+        };
+        Ok((out, lx.shape().clone()))
+    }
+}
+
+/// `RMSNorm` over the last dim: `x / sqrt(mean(x²) + eps) · weight` in f32, returned in `x`'s
+/// dtype; `weight` is f32 `(D)`. Fused as [`layer_norm_affine`].
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if !fusable(x, &[weight]) || weight.dtype() != DType::F32 {
+        let x32 = x.to_dtype(DType::F32)?;
+        let rms = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
+        return x32
+            .broadcast_div(&rms)?
+            .broadcast_mul(weight)?
+            .to_dtype(x.dtype());
+    }
+    x.contiguous()?
+        .apply_op2_no_bwd(&weight.contiguous()?, &RmsNormOp { eps: eps as f32 })
+}
+
+struct RmsNormOp {
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "kiln-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(w) = sw else {
+            candle_core::bail!("kiln-rms-norm: the weight must be f32")
+        };
+        let (rx, rw) = (contiguous_range(lx)?, contiguous_range(lw)?);
+        let w = &w[rw.0..rw.1];
+        let dim = w.len();
+        let wrap = candle_core::Error::wrap;
+        let out = match sx {
+            CpuStorage::F32(x) => {
+                let mut out = vec![0f32; rx.1 - rx.0];
+                crate::norm::rms_norm(&x[rx.0..rx.1], w, dim, self.eps, &mut out).map_err(wrap)?;
+                CpuStorage::F32(out)
+            }
+            CpuStorage::BF16(x) => {
+                let mut out = vec![bf16::ZERO; rx.1 - rx.0];
+                crate::norm::rms_norm(&x[rx.0..rx.1], w, dim, self.eps, &mut out).map_err(wrap)?;
+                CpuStorage::BF16(out)
+            }
+            other => candle_core::bail!("kiln-rms-norm: f32 or bf16 only, got {:?}", other.dtype()),
+        };
+        Ok((out, lx.shape().clone()))
+    }
+}
+
+/// Interleaved-pair RoPE of `x` `(B, H, L, D)` with f32 `cos`, `sin` `(L, D / 2)`, computed
+/// in f32 and returned in `x`'s dtype (candle's `rope_i` semantics). Fused as
+/// [`layer_norm_affine`].
+pub fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if !fusable(x, &[cos, sin]) || cos.dtype() != DType::F32 || sin.dtype() != DType::F32 {
+        // The differentiable form: pairs as a trailing axis of 2.
+        let dims = x.dims().to_vec();
+        let (len, dim) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        let mut paired = dims.clone();
+        paired.truncate(dims.len() - 1);
+        paired.extend([dim / 2, 2]);
+        let x32 = x.to_dtype(DType::F32)?.reshape(paired)?;
+        let last = x32.rank() - 1;
+        let (x0, x1) = (x32.narrow(last, 0, 1)?, x32.narrow(last, 1, 1)?);
+        let (c, s) = (
+            cos.to_dtype(DType::F32)?.reshape((len, dim / 2, 1))?,
+            sin.to_dtype(DType::F32)?.reshape((len, dim / 2, 1))?,
+        );
+        let out0 = (x0.broadcast_mul(&c)? - x1.broadcast_mul(&s)?)?;
+        let out1 = (x0.broadcast_mul(&s)? + x1.broadcast_mul(&c)?)?;
+        return Tensor::cat(&[out0, out1], last)?
+            .reshape(dims)?
+            .to_dtype(x.dtype());
+    }
+    x.contiguous()?
+        .apply_op3_no_bwd(&cos.contiguous()?, &sin.contiguous()?, &RopeOp)
+}
+
+struct RopeOp;
+
+impl candle_core::CustomOp3 for RopeOp {
+    fn name(&self) -> &'static str {
+        "kiln-rope-interleaved"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sc: &CpuStorage,
+        lc: &Layout,
+        ss: &CpuStorage,
+        ls: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(cos), CpuStorage::F32(sin)) = (sc, ss) else {
+            candle_core::bail!("kiln-rope-interleaved: cos and sin must be f32")
+        };
+        let dims = lx.dims();
+        if dims.len() < 2 {
+            candle_core::bail!("kiln-rope-interleaved: x must be (.., L, D), got {dims:?}");
+        }
+        let (len, dim) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        let (rx, rc, rs) = (
+            contiguous_range(lx)?,
+            contiguous_range(lc)?,
+            contiguous_range(ls)?,
+        );
+        let (cos, sin) = (&cos[rc.0..rc.1], &sin[rs.0..rs.1]);
+        let wrap = candle_core::Error::wrap;
+        let out = match sx {
+            CpuStorage::F32(x) => {
+                let mut out = vec![0f32; rx.1 - rx.0];
+                crate::rope::rope_interleaved(&x[rx.0..rx.1], cos, sin, len, dim, &mut out)
+                    .map_err(wrap)?;
+                CpuStorage::F32(out)
+            }
+            CpuStorage::BF16(x) => {
+                let mut out = vec![bf16::ZERO; rx.1 - rx.0];
+                crate::rope::rope_interleaved(&x[rx.0..rx.1], cos, sin, len, dim, &mut out)
+                    .map_err(wrap)?;
+                CpuStorage::BF16(out)
+            }
+            other => candle_core::bail!(
+                "kiln-rope-interleaved: f32 or bf16 only, got {:?}",
+                other.dtype()
+            ),
+        };
+        Ok((out, lx.shape().clone()))
     }
 }

@@ -165,7 +165,7 @@ fn check_len(operand: &'static str, expected: usize, found: usize) -> Result<()>
     if expected == found {
         Ok(())
     } else {
-        Err(KernelError::ConvLen {
+        Err(KernelError::ShapeLen {
             operand,
             expected,
             found,
@@ -317,6 +317,6 @@ mod tests {
         assert!(matches!(err, KernelError::ConvShape { .. }), "{err}");
         let s = shape(1, 3, 1, (4, 4), 1, (3, 3, 3), 1);
         let err = conv3d::<f32>(&[0.0; 47], &[0.0; 27], &[0.0], s, &mut [0.0; 16]).unwrap_err();
-        assert!(matches!(err, KernelError::ConvLen { .. }), "{err}");
+        assert!(matches!(err, KernelError::ShapeLen { .. }), "{err}");
     }
 }

@@ -39,7 +39,15 @@ pub enum KernelError {
         kernel: (usize, usize, usize),
     },
     #[error("{operand}: holds {found} elements but the shape needs {expected}")]
-    ConvLen {
+    ShapeLen {
+        operand: &'static str,
+        expected: usize,
+        found: usize,
+    },
+    #[error(
+        "attention: {operand} holds {found} elements but the shape needs {expected} (row-major, contiguous)"
+    )]
+    AttentionLen {
         operand: &'static str,
         expected: usize,
         found: usize,

@@ -14,7 +14,11 @@
 //! - [`f32_to_bf16`]: vectorised rounding of results to bf16.
 //! - [`conv`]: stride-1 3D (and 2D) convolution of channel-first frames as GEMMs read
 //!   straight from the padded input.
+//! - [`norm`]: LayerNorm fused with its affine or adaLN modulation, and the gated residual.
+//! - [`rope`]: interleaved-pair rotary embedding in one pass.
 //! - [`activation`]: GELU (tanh form) over slices, vectorised and threaded.
+//! - [`attention`]: fused attention `softmax(q · kᵀ / √D) · v` (online softmax over key
+//!   blocks, no Lq × Lk score matrix), on slices and on candle tensors.
 //! - [`peak`]: the machine's measured multiply-add peak, to read GFLOP/s against.
 //!
 //! The AVX-512 paths need rustc 1.89 or newer (see build.rs); older compilers build the
@@ -23,6 +27,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod activation;
+pub mod attention;
 pub mod candle_ops;
 pub mod conv;
 mod convert;
@@ -30,7 +35,9 @@ mod error;
 mod gemm;
 mod kernel_path;
 mod matrix;
+pub mod norm;
 pub mod peak;
+pub mod rope;
 
 pub use convert::f32_to_bf16;
 pub use error::{KernelError, Result};

@@ -24,4 +24,4 @@ pub fn default_cpu_dtype() -> candle_core::DType {
         candle_core::DType::F32
     }
 }
-pub use weights::{component_files, read_config, KeyMap, WeightSource};
+pub use weights::{component_files, read_config, KeyMap, RandomWeights, WeightSource};

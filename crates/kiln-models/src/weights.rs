@@ -262,3 +262,38 @@ fn check_safetensors_file(path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Normal random weights N(0, `std`²) of whatever shape a model asks for: benchmarks and
+/// memory measurements of real-sized models without their checkpoints.
+#[derive(Debug, Clone, Copy)]
+pub struct RandomWeights {
+    pub std: f32,
+}
+
+impl RandomWeights {
+    /// A `VarBuilder` over random weights in `dtype`.
+    pub fn var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self), dtype, device.clone())
+    }
+}
+
+impl SimpleBackend for RandomWeights {
+    fn get(
+        &self,
+        shape: Shape,
+        _: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        Tensor::randn(0f32, self.std, shape, device)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("random weights need a shape for {name}")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}

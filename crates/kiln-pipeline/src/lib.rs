@@ -349,7 +349,12 @@ impl WanPipeline {
             return Err(PipelineError::Cancelled);
         }
         let z = self.vae.denormalize(&latents.to_dtype(self.dtype)?)?;
-        let video = self.vae.decode(&z)?;
+        // Frames over 256 px decode in diffusers' overlapping 256-px tiles (its
+        // `enable_tiling`), so memory follows the tile: 81 frames of 832×480 stay within a
+        // few GB. Smaller frames decode whole, exactly as diffusers' default.
+        let video = self
+            .vae
+            .decode_tiled(&z, kiln_models::wan::vae::DecodeTiling::default())?;
         timings.decode = t2.elapsed().as_secs_f64();
         Ok(Generated {
             video: to_frames(&video)?,

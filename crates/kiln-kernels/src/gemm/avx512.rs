@@ -214,7 +214,7 @@ unsafe fn pack_pairs(
     kc: usize,
     dst: *mut u32,
 ) {
-    if lane_stride == 1 && lanes == width && width % 16 == 0 {
+    if lane_stride == 1 && lanes == width && width.is_multiple_of(16) {
         // SAFETY: forwarded from the caller's contract, with every lane readable.
         unsafe { pack_pairs_lanes_contiguous(src, k_stride, width, kc, dst) };
         return;

@@ -138,9 +138,14 @@ impl Config {
 
 /// Attention of `q` (B, H, Lq, D) over `k`, `v` (B, H, Lk, D): softmax(q kᵀ / √D) v, in f32
 /// whatever the input dtype (the reference's kernels accumulate in f32 too), returned in
-/// `q`'s dtype. Queries are processed in blocks so the score matrix stays bounded on long
-/// videos. This is the one place to swap in a fused kernel.
+/// `q`'s dtype. CPU f32/bf16 inference runs kiln-kernels' fused kernel (online softmax, no
+/// score matrix); anything else (training, other devices or dtypes) the composite form with
+/// queries in blocks, so the score matrix stays bounded on long videos.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    if kiln_kernels::attention::runs_fused(q, k, v) {
+        // Takes non-contiguous inputs (it makes them contiguous itself).
+        return kiln_kernels::attention::attention(q, k, v);
+    }
     // Score elements per block: 64 Mi f32 = 256 MiB.
     attention_in_blocks(q, k, v, 1 << 26)
 }
@@ -183,19 +188,6 @@ fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// LayerNorm over the last dim in f32 (two-pass, like torch), optionally affine.
-fn layer_norm_f32(x: &Tensor, affine: Option<&AffineNorm>, eps: f64) -> Result<Tensor> {
-    let x = x.to_dtype(DType::F32)?;
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centered = x.broadcast_sub(&mean)?;
-    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
-    match affine {
-        Some(a) => normed.broadcast_mul(&a.weight)?.broadcast_add(&a.bias),
-        None => Ok(normed),
-    }
-}
-
 /// Weight and bias of an affine `FP32LayerNorm`, held in f32.
 #[derive(Debug, Clone)]
 struct AffineNorm {
@@ -234,17 +226,8 @@ impl RmsNorm {
 
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let x = x.to_dtype(DType::F32)?.contiguous()?;
-        if x.track_op() || self.weight.track_op() {
-            // Differentiable form for training (see `softmax_last_dim`).
-            let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps as f64)?.sqrt()?;
-            return x
-                .broadcast_div(&rms)?
-                .broadcast_mul(&self.weight)?
-                .to_dtype(dtype);
-        }
-        candle_nn::ops::rms_norm(&x, &self.weight, self.eps)?.to_dtype(dtype)
+        // One fused pass for inference; the differentiable composite when training.
+        kiln_kernels::candle_ops::rms_norm(x, &self.weight, f64::from(self.eps))
     }
 }
 
@@ -310,9 +293,7 @@ impl RotaryPosEmbed {
 
 /// Interleaved-pair rotation of `x` (B, H, L, D) in f32, returned in `x`'s dtype.
 fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let x = x.to_dtype(DType::F32)?.contiguous()?;
-    candle_nn::rotary_emb::rope_i(&x, cos, sin)?.to_dtype(dtype)
+    kiln_kernels::candle_ops::rope_interleaved(x, cos, sin)
 }
 
 /// `WanAttention` without the image branch: q/k/v projections, RMS norm of q and k across
@@ -434,30 +415,30 @@ impl TransformerBlock {
         temb: &Tensor,
         rope: &(Tensor, Tensor),
     ) -> Result<Tensor> {
-        let dtype = x.dtype();
         let m = self.scale_shift_table.broadcast_add(temb)?.chunk(6, 1)?;
         let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
         let (c_shift_msa, c_scale_msa, c_gate_msa) = (&m[3], &m[4], &m[5]);
 
         // 1. Self-attention; modulation and the gated residual in f32.
-        let h = modulate(&layer_norm_f32(x, None, self.eps)?, shift_msa, scale_msa)?;
-        let attn = self.attn1.forward(&h.to_dtype(dtype)?, None, Some(rope))?;
+        let h = adaln(x, shift_msa, scale_msa, self.eps)?;
+        let attn = self.attn1.forward(&h, None, Some(rope))?;
         let x = gated_residual(x, &attn, gate_msa)?;
 
         // 2. Cross-attention; plain residual in the model dtype, as in the reference.
         let h = match &self.norm2 {
-            Some(norm) => layer_norm_f32(&x, Some(norm), self.eps)?.to_dtype(dtype)?,
+            Some(norm) => kiln_kernels::candle_ops::layer_norm_affine(
+                &x,
+                &norm.weight.reshape((1, 1, ()))?,
+                &norm.bias.reshape((1, 1, ()))?,
+                self.eps,
+            )?,
             None => x.clone(),
         };
         let x = (&x + self.attn2.forward(&h, Some(context), None)?)?;
 
         // 3. Feed-forward.
-        let h = modulate(
-            &layer_norm_f32(&x, None, self.eps)?,
-            c_shift_msa,
-            c_scale_msa,
-        )?;
-        let ff = self.ffn.forward(&h.to_dtype(dtype)?)?;
+        let h = adaln(&x, c_shift_msa, c_scale_msa, self.eps)?;
+        let ff = self.ffn.forward(&h)?;
         gated_residual(&x, &ff, c_gate_msa)
     }
 }
@@ -483,15 +464,15 @@ fn modulation_table(rows: usize, dim: usize, vb: &VarBuilder) -> Result<Tensor> 
         .get_with_hints((1, rows, dim), "scale_shift_table", init)
 }
 
-/// adaLN: `normed * (1 + scale) + shift`, in f32.
-fn modulate(normed: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    normed.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
+/// adaLN: `LayerNorm(x) * (1 + scale) + shift` computed in f32 and returned in `x`'s dtype
+/// (one fused pass on CPU inference).
+fn adaln(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
+    kiln_kernels::candle_ops::layer_norm_affine(x, &(scale + 1.0)?, shift, eps)
 }
 
 /// `x + y * gate` computed in f32 and returned in `x`'s dtype.
 fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
-    let y = y.to_dtype(DType::F32)?.broadcast_mul(gate)?;
-    (x.to_dtype(DType::F32)? + y)?.to_dtype(x.dtype())
+    kiln_kernels::candle_ops::gated_residual(x, y, gate)
 }
 
 /// Timestep MLP (`TimestepEmbedding`, kept in f32 by diffusers), its projection to the six
@@ -758,8 +739,8 @@ impl WanTransformer {
             .scale_shift_table
             .broadcast_add(&temb.to_dtype(DType::F32)?.unsqueeze(1)?)?
             .chunk(2, 1)?;
-        let x = modulate(&layer_norm_f32(&x, None, self.config.eps)?, &m[0], &m[1])?;
-        let x = self.proj_out.forward(&x.to_dtype(self.dtype)?)?;
+        let x = adaln(&x, &m[0], &m[1], self.config.eps)?;
+        let x = self.proj_out.forward(&x)?;
 
         // Unpatchify: (B, F'H'W', pt·ph·pw·out) -> (B, out, F, H, W).
         let out = self.config.out_channels();

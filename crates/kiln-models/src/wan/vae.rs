@@ -201,6 +201,60 @@ fn frames_to_cache(x: &Tensor, previous: Option<&Tensor>) -> Result<Tensor> {
     }
 }
 
+/// Tiles of a [`WanVae::decode_tiled`], in output pixels; diffusers' defaults are 256 and 192.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeTiling {
+    pub size: usize,
+    pub stride: usize,
+}
+
+impl Default for DecodeTiling {
+    fn default() -> Self {
+        Self {
+            size: 256,
+            stride: 192,
+        }
+    }
+}
+
+/// `b` with its first `extent` rows (or columns) along `dim` faded in from the last `extent`
+/// of `a`: `a·(1 − y/extent) + b·(y/extent)` at offset `y` (diffusers' `blend_v`/`blend_h`).
+fn blend_into(a: &Tensor, b: &Tensor, dim: usize, extent: usize) -> Result<Tensor> {
+    let extent = extent.min(a.dim(dim)?).min(b.dim(dim)?);
+    if extent == 0 {
+        return Ok(b.clone());
+    }
+    let ramp: Vec<f32> = (0..extent).map(|y| y as f32 / extent as f32).collect();
+    let mut shape = vec![1usize; b.rank()];
+    shape[dim] = extent;
+    let ramp = Tensor::from_vec(ramp, shape, b.device())?.to_dtype(b.dtype())?;
+    let a_tail = a.narrow(dim, a.dim(dim)? - extent, extent)?;
+    // The other axis may differ in length at the frame's edge: blend over the common part.
+    let other = if dim == 3 { 4 } else { 3 };
+    let common = a_tail.dim(other)?.min(b.dim(other)?);
+    let a_tail = a_tail.narrow(other, 0, common)?;
+    let b_head = b.narrow(dim, 0, extent)?;
+    let b_head_common = b_head.narrow(other, 0, common)?;
+    let mixed = (a_tail.broadcast_mul(&(1.0 - &ramp)?)? + b_head_common.broadcast_mul(&ramp)?)?;
+    let head = if common < b_head.dim(other)? {
+        Tensor::cat(
+            &[
+                mixed,
+                b_head.narrow(other, common, b_head.dim(other)? - common)?,
+            ],
+            other,
+        )?
+    } else {
+        mixed
+    };
+    let rest = b.dim(dim)? - extent;
+    if rest == 0 {
+        Ok(head)
+    } else {
+        Tensor::cat(&[head, b.narrow(dim, extent, rest)?], dim)
+    }
+}
+
 /// `(B, T, C, H, W)` -> `(B*T, C, H, W)`.
 fn frames_as_batch(x: &Tensor) -> Result<Tensor> {
     let (b, t, c, h, w) = x.dims5()?;
@@ -1063,6 +1117,66 @@ impl WanVae {
             out.push(self.decoder.forward(&x.narrow(1, i, 1)?, &mut cache)?);
         }
         Tensor::cat(&out, 1)?.permute((0, 2, 1, 3, 4))?.contiguous()
+    }
+
+    /// [`decode`](Self::decode) in overlapping spatial tiles of `tile.size` output pixels,
+    /// `tile.stride` apart, each decoded over the whole clip with its own causal cache and
+    /// blended linearly into its upper and left neighbours over the overlap: diffusers'
+    /// `tiled_decode`. Peak memory follows the tile, not the frame; the output differs from
+    /// an untiled decode near tile seams (the mid-block attention sees one tile). Frames no
+    /// larger than one tile decode untiled.
+    pub fn decode_tiled(&self, z: &Tensor, tile: DecodeTiling) -> Result<Tensor> {
+        let (_, _, _, h, w) = z.dims5()?;
+        let s = self.config.spatial_compression();
+        let (tile_lat, stride_lat) = (tile.size / s, tile.stride / s);
+        if tile_lat == 0 || stride_lat == 0 || tile.stride > tile.size {
+            candle_core::bail!(
+                "Wan VAE tiled decode: tile {} px with stride {} px; both must be at least {s} \
+                 and the stride no larger than the tile",
+                tile.size,
+                tile.stride
+            );
+        }
+        if h <= tile_lat && w <= tile_lat {
+            return self.decode(z);
+        }
+        let blend = tile.size - tile.stride;
+        let mut rows: Vec<Vec<Tensor>> = Vec::new();
+        for i in (0..h).step_by(stride_lat) {
+            let mut row: Vec<Tensor> = Vec::new();
+            for j in (0..w).step_by(stride_lat) {
+                let part =
+                    z.narrow(3, i, tile_lat.min(h - i))?
+                        .narrow(4, j, tile_lat.min(w - j))?;
+                let mut t = self.decode_unclamped(&part)?.to_dtype(DType::F32)?;
+                if let Some(above) = rows.last() {
+                    t = blend_into(&above[row.len()], &t, 3, blend)?;
+                }
+                if let Some(left) = row.last() {
+                    t = blend_into(left, &t, 4, blend)?;
+                }
+                row.push(t);
+            }
+            rows.push(row);
+        }
+        let stride_px = tile.stride;
+        let mut bands = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let parts = row
+                .iter()
+                .map(|t| {
+                    let (th, tw) = (t.dim(3)?, t.dim(4)?);
+                    t.narrow(3, 0, stride_px.min(th))?
+                        .narrow(4, 0, stride_px.min(tw))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            bands.push(Tensor::cat(&parts, 4)?);
+        }
+        Tensor::cat(&bands, 3)?
+            .narrow(3, 0, h * s)?
+            .narrow(4, 0, w * s)?
+            .clamp(-1f32, 1f32)?
+            .to_dtype(self.dtype)
     }
 
     pub fn latents_mean(&self) -> Vec<f64> {

@@ -1,0 +1,360 @@
+//! Row-wise LayerNorm fused with the affine or adaLN modulation after it, and the gated
+//! residual `x + y · gate`: each is one pass over the activations in f32, rounded to the
+//! activation dtype once, where the composite form is ten elementwise passes with a dtype
+//! conversion at each end.
+//!
+//! Rows come in `groups` consecutive groups (the batch), each with its own per-column
+//! vectors: `(B, L, D)` activations with `(B, 1, D)` modulation.
+
+use half::bf16;
+use rayon::prelude::*;
+
+use crate::error::{KernelError, Result};
+
+/// An activation element: f32, or bf16 computed in f32.
+pub trait Activation: Copy + Send + Sync + 'static {
+    fn load(self) -> f32;
+    fn store(v: f32) -> Self;
+}
+
+impl Activation for f32 {
+    #[inline(always)]
+    fn load(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn store(v: f32) -> Self {
+        v
+    }
+}
+
+impl Activation for bf16 {
+    #[inline(always)]
+    fn load(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+    #[inline(always)]
+    fn store(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+}
+
+/// The shape shared by the kernels here: `groups · rows_per_group` rows of `dim`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowShape {
+    pub groups: usize,
+    pub rows_per_group: usize,
+    pub dim: usize,
+}
+
+impl RowShape {
+    fn elements(&self) -> usize {
+        self.groups * self.rows_per_group * self.dim
+    }
+}
+
+/// Rows per parallel task: enough work to amortise the task.
+fn rows_per_task(dim: usize) -> usize {
+    (16_384 / dim.max(1)).max(1)
+}
+
+/// `out = (x - mean) / sqrt(var + eps) · a + b` per row (biased variance, two passes, as
+/// torch's LayerNorm), with `a`, `b` of `groups · dim`. adaLN's `norm · (1 + scale) + shift`
+/// is `a = 1 + scale`, `b = shift`.
+pub fn layer_norm_affine<E: Activation>(
+    x: &[E],
+    a: &[f32],
+    b: &[f32],
+    shape: RowShape,
+    eps: f32,
+    out: &mut [E],
+) -> Result<()> {
+    let RowShape {
+        groups,
+        rows_per_group,
+        dim,
+    } = shape;
+    check("layer_norm x", shape.elements(), x.len())?;
+    check("layer_norm out", shape.elements(), out.len())?;
+    check("layer_norm scale", groups * dim, a.len())?;
+    check("layer_norm shift", groups * dim, b.len())?;
+    if dim == 0 {
+        return Ok(());
+    }
+    let chunk = rows_per_task(dim) * dim;
+    x.par_chunks(chunk)
+        .zip(out.par_chunks_mut(chunk))
+        .enumerate()
+        .for_each(|(task, (x, out))| {
+            let mut row_f32 = vec![0f32; dim];
+            for (r, (xr, or)) in x
+                .chunks_exact(dim)
+                .zip(out.chunks_exact_mut(dim))
+                .enumerate()
+            {
+                let group = (task * chunk / dim + r) / rows_per_group;
+                let (ag, bg) = (
+                    &a[group * dim..(group + 1) * dim],
+                    &b[group * dim..(group + 1) * dim],
+                );
+                for (f, &v) in row_f32.iter_mut().zip(xr) {
+                    *f = v.load();
+                }
+                let mean = lane_sum(&row_f32, |v| v) / dim as f32;
+                let var = lane_sum(&row_f32, |v| (v - mean) * (v - mean)) / dim as f32;
+                let inv = 1.0 / (var + eps).sqrt();
+                for (((o, &v), &ai), &bi) in or.iter_mut().zip(&row_f32).zip(ag).zip(bg) {
+                    *o = E::store((v - mean) * inv * ai + bi);
+                }
+            }
+        });
+    Ok(())
+}
+
+/// `out = x / sqrt(mean(x²) + eps) · weight` per row of `dim` (torch's `RMSNorm`), in f32.
+pub fn rms_norm<E: Activation>(
+    x: &[E],
+    weight: &[f32],
+    dim: usize,
+    eps: f32,
+    out: &mut [E],
+) -> Result<()> {
+    check("rms_norm x", out.len(), x.len())?;
+    check("rms_norm weight", dim, weight.len())?;
+    if dim == 0 || x.is_empty() {
+        return Ok(());
+    }
+    if !x.len().is_multiple_of(dim) {
+        return Err(KernelError::ShapeLen {
+            operand: "rms_norm x",
+            expected: x.len().next_multiple_of(dim),
+            found: x.len(),
+        });
+    }
+    let chunk = rows_per_task(dim) * dim;
+    x.par_chunks(chunk)
+        .zip(out.par_chunks_mut(chunk))
+        .for_each(|(x, out)| {
+            let mut row_f32 = vec![0f32; dim];
+            for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+                for (f, &v) in row_f32.iter_mut().zip(xr) {
+                    *f = v.load();
+                }
+                let inv = 1.0 / (lane_sum(&row_f32, |v| v * v) / dim as f32 + eps).sqrt();
+                for ((o, &v), &w) in or.iter_mut().zip(&row_f32).zip(weight) {
+                    *o = E::store(v * inv * w);
+                }
+            }
+        });
+    Ok(())
+}
+
+/// `out = x + y · gate` in f32, `gate` of `groups · dim`.
+pub fn gated_residual<E: Activation>(
+    x: &[E],
+    y: &[E],
+    gate: &[f32],
+    shape: RowShape,
+    out: &mut [E],
+) -> Result<()> {
+    let RowShape {
+        groups,
+        rows_per_group,
+        dim,
+    } = shape;
+    check("gated_residual x", shape.elements(), x.len())?;
+    check("gated_residual y", shape.elements(), y.len())?;
+    check("gated_residual out", shape.elements(), out.len())?;
+    check("gated_residual gate", groups * dim, gate.len())?;
+    if dim == 0 {
+        return Ok(());
+    }
+    let chunk = rows_per_task(dim) * dim;
+    x.par_chunks(chunk)
+        .zip(y.par_chunks(chunk))
+        .zip(out.par_chunks_mut(chunk))
+        .enumerate()
+        .for_each(|(task, ((x, y), out))| {
+            for (r, ((xr, yr), or)) in x
+                .chunks_exact(dim)
+                .zip(y.chunks_exact(dim))
+                .zip(out.chunks_exact_mut(dim))
+                .enumerate()
+            {
+                let group = (task * chunk / dim + r) / rows_per_group;
+                let g = &gate[group * dim..(group + 1) * dim];
+                for (((o, &xv), &yv), &gv) in or.iter_mut().zip(xr).zip(yr).zip(g) {
+                    *o = E::store(xv.load() + yv.load() * gv);
+                }
+            }
+        });
+    Ok(())
+}
+
+/// `Σ f(v)` over a row with 16 independent partial sums, so the loop vectorises.
+#[inline(always)]
+fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut chunks = row.chunks_exact(16);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    let mut total: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    total += acc.iter().sum::<f32>();
+    total
+}
+
+fn check(operand: &'static str, expected: usize, found: usize) -> Result<()> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(KernelError::ShapeLen {
+            operand,
+            expected,
+            found,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let v = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8;
+                (v % 2001) as f32 / 250.0 - 4.0
+            })
+            .collect()
+    }
+
+    fn naive_ln(x: &[f32], a: &[f32], b: &[f32], s: RowShape, eps: f64) -> Vec<f32> {
+        let mut out = vec![0f32; x.len()];
+        for (r, (xr, or)) in x.chunks(s.dim).zip(out.chunks_mut(s.dim)).enumerate() {
+            let g = r / s.rows_per_group;
+            let mean = xr.iter().map(|&v| f64::from(v)).sum::<f64>() / s.dim as f64;
+            let var = xr
+                .iter()
+                .map(|&v| (f64::from(v) - mean).powi(2))
+                .sum::<f64>()
+                / s.dim as f64;
+            for (j, (o, &v)) in or.iter_mut().zip(xr).enumerate() {
+                let n = (f64::from(v) - mean) / (var + eps).sqrt();
+                *o = (n * f64::from(a[g * s.dim + j]) + f64::from(b[g * s.dim + j])) as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn layer_norm_matches_the_definition() {
+        for (groups, rows, dim) in [
+            (1, 1, 1),
+            (1, 3, 17),
+            (2, 5, 33),
+            (3, 700, 48),
+            (1, 2, 1536),
+        ] {
+            let s = RowShape {
+                groups,
+                rows_per_group: rows,
+                dim,
+            };
+            let x = values(s.elements(), 1);
+            let a = values(groups * dim, 2);
+            let b = values(groups * dim, 3);
+            let want = naive_ln(&x, &a, &b, s, 1e-6);
+            let mut got = vec![0f32; x.len()];
+            layer_norm_affine(&x, &a, &b, s, 1e-6, &mut got).unwrap();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                    "{s:?} at {i}: {g} vs {w}"
+                );
+            }
+            let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+            let want = naive_ln(
+                &xb.iter().map(|v| v.to_f32()).collect::<Vec<_>>(),
+                &a,
+                &b,
+                s,
+                1e-6,
+            );
+            let mut got = vec![bf16::ZERO; x.len()];
+            layer_norm_affine(&xb, &a, &b, s, 1e-6, &mut got).unwrap();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                // One rounding to bf16: 2^-8 relative.
+                assert!(
+                    (g.to_f32() - w).abs() <= 4e-3 * (1.0 + w.abs()),
+                    "{s:?} bf16 at {i}: {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn gated_residual_matches_the_definition() {
+        let s = RowShape {
+            groups: 2,
+            rows_per_group: 300,
+            dim: 37,
+        };
+        let (x, y, gate) = (
+            values(s.elements(), 4),
+            values(s.elements(), 5),
+            values(2 * 37, 6),
+        );
+        let mut got = vec![0f32; x.len()];
+        gated_residual(&x, &y, &gate, s, &mut got).unwrap();
+        for (i, g) in got.iter().enumerate() {
+            let (r, j) = (i / 37, i % 37);
+            let want = x[i] + y[i] * gate[(r / 300) * 37 + j];
+            assert_eq!(*g, want, "at {i}");
+        }
+    }
+
+    #[test]
+    fn rms_norm_matches_the_definition() {
+        for (rows, dim) in [(1, 1), (3, 17), (700, 48), (2, 1536)] {
+            let x = values(rows * dim, 7);
+            let w = values(dim, 8);
+            let mut got = vec![0f32; x.len()];
+            rms_norm(&x, &w, dim, 1e-6, &mut got).unwrap();
+            for (r, row) in x.chunks(dim).enumerate() {
+                let ms = row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / dim as f64;
+                for j in 0..dim {
+                    let want = (f64::from(row[j]) / (ms + 1e-6).sqrt() * f64::from(w[j])) as f32;
+                    let g = got[r * dim + j];
+                    assert!(
+                        (g - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{g} vs {want}"
+                    );
+                }
+            }
+        }
+        let err = rms_norm::<f32>(&[0.0; 5], &[1.0; 2], 2, 1e-6, &mut [0.0; 5]).unwrap_err();
+        assert!(err.to_string().contains("rms_norm x"), "{err}");
+    }
+
+    #[test]
+    fn empty_and_mismatched() {
+        let s = RowShape {
+            groups: 1,
+            rows_per_group: 0,
+            dim: 8,
+        };
+        layer_norm_affine::<f32>(&[], &[0.0; 8], &[0.0; 8], s, 1e-6, &mut []).unwrap();
+        let s = RowShape {
+            groups: 1,
+            rows_per_group: 2,
+            dim: 8,
+        };
+        let err =
+            layer_norm_affine::<f32>(&[0.0; 15], &[0.0; 8], &[0.0; 8], s, 1e-6, &mut [0.0; 16])
+                .unwrap_err();
+        assert!(err.to_string().contains("layer_norm x"), "{err}");
+    }
+}
