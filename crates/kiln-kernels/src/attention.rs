@@ -160,7 +160,7 @@ fn prepare<T, U: Default + Copy>(
 /// keep every thread busy, so tiles stay below that: a nested split would pack the same
 /// operands twice and synchronise for nothing. (Only head dims above ~5400 exceed it even
 /// at the smallest tile, 6 × 8; the nested split is then still correct.)
-const INLINE_MACS: usize = (1 << 18) - 1;
+const INLINE_MACS: usize = crate::gemm::PARALLEL_MIN_MACS - 1;
 /// Keys per tile: one 64-column micro-panel of the AVX-512 GEMM (four of AVX2).
 const KEY_BLOCK: usize = 64;
 /// Query rows per tile: a multiple of the AVX-512 micro-kernel's 6 rows, at most 120.

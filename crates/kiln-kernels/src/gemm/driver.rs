@@ -93,7 +93,7 @@ pub trait MicroKernel<E> {
 
 /// Below this many multiply-adds a product runs on the calling thread: spreading it costs
 /// more than it saves.
-const PARALLEL_MIN_MACS: usize = 1 << 18;
+pub(crate) const PARALLEL_MIN_MACS: usize = 1 << 18;
 
 /// One piece of work for one thread: rows `rows.0..rows.1` and columns `cols.0..cols.1`
 /// of batch entry `item`.

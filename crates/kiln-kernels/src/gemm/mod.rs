@@ -21,6 +21,7 @@ use half::bf16;
 use crate::error::{KernelError, Result};
 use crate::matrix::{check_extent, BatchRef, MatRef};
 use crate::KernelPath;
+pub(crate) use driver::PARALLEL_MIN_MACS;
 use driver::{CacheLine, Problem, Rhs};
 
 /// An input element type of the GEMM: `f32`, or `bf16` (multiplied exactly and summed in f32).
