@@ -647,3 +647,91 @@ impl candle_core::CustomOp3 for RopeOp {
         Ok((out, lx.shape().clone()))
     }
 }
+
+/// The Wan VAE's channel-first RMS norm of `x` `(.., C, H, W)`: each pixel's channel vector
+/// divided by `max(‖x‖, 1e-12)` and scaled per channel by f32 `scale` `(C, 1, 1)`, then SiLU
+/// when `silu`; computed in f32, returned in `x`'s dtype. Fused as [`layer_norm_affine`].
+pub fn channel_norm(x: &Tensor, scale: &Tensor, silu: bool) -> Result<Tensor> {
+    let rank = x.rank();
+    if rank < 3 {
+        candle_core::bail!("channel_norm: x must be (.., C, H, W), got {:?}", x.dims());
+    }
+    if !fusable(x, &[scale]) || scale.dtype() != DType::F32 {
+        let x32 = x.to_dtype(DType::F32)?;
+        let norm = x32.sqr()?.sum_keepdim(rank - 3)?.sqrt()?.maximum(1e-12)?;
+        let y = x32.broadcast_div(&norm)?.broadcast_mul(scale)?;
+        let y = if silu { y.silu()? } else { y };
+        return y.to_dtype(x.dtype());
+    }
+    x.contiguous()?
+        .apply_op2_no_bwd(&scale.flatten_all()?.contiguous()?, &ChannelNorm { silu })
+}
+
+struct ChannelNorm {
+    silu: bool,
+}
+
+impl CustomOp2 for ChannelNorm {
+    fn name(&self) -> &'static str {
+        "kiln-channel-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        ss: &CpuStorage,
+        ls: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(scale) = ss else {
+            candle_core::bail!("kiln-channel-norm: the scale must be f32")
+        };
+        let (rx, rs) = (contiguous_range(lx)?, contiguous_range(ls)?);
+        let scale = &scale[rs.0..rs.1];
+        let dims = lx.dims();
+        let rank = dims.len();
+        if dims[rank - 3] != scale.len() {
+            candle_core::bail!(
+                "kiln-channel-norm: {} channels but {} scales",
+                dims[rank - 3],
+                scale.len()
+            );
+        }
+        let plane = dims[rank - 2] * dims[rank - 1];
+        let groups = dims[..rank - 3].iter().product();
+        let wrap = candle_core::Error::wrap;
+        let out = match sx {
+            CpuStorage::F32(x) => {
+                let mut out = vec![0f32; rx.1 - rx.0];
+                crate::norm::channel_norm(
+                    &x[rx.0..rx.1],
+                    scale,
+                    groups,
+                    plane,
+                    self.silu,
+                    &mut out,
+                )
+                .map_err(wrap)?;
+                CpuStorage::F32(out)
+            }
+            CpuStorage::BF16(x) => {
+                let mut out = vec![bf16::ZERO; rx.1 - rx.0];
+                crate::norm::channel_norm(
+                    &x[rx.0..rx.1],
+                    scale,
+                    groups,
+                    plane,
+                    self.silu,
+                    &mut out,
+                )
+                .map_err(wrap)?;
+                CpuStorage::BF16(out)
+            }
+            other => candle_core::bail!(
+                "kiln-channel-norm: f32 or bf16 only, got {:?}",
+                other.dtype()
+            ),
+        };
+        Ok((out, lx.shape().clone()))
+    }
+}

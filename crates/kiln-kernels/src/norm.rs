@@ -149,6 +149,79 @@ pub fn rms_norm<E: Activation>(
     Ok(())
 }
 
+/// Channel-first L2 normalisation, the Wan VAE's `RMS_norm`: for each of `groups` frames
+/// of `channels × plane` (plane = H·W), every pixel's channel vector is divided by
+/// `max(‖x‖, 1e-12)` (torch's `F.normalize`) and channel `c` scaled by `scale[c]`
+/// (`√C · γ`); with `silu`, SiLU follows in the same pass. Pixels are the vector lanes, so
+/// the sum over the strided channel axis is plain adds of contiguous rows.
+pub fn channel_norm<E: Activation>(
+    x: &[E],
+    scale: &[f32],
+    groups: usize,
+    plane: usize,
+    silu: bool,
+    out: &mut [E],
+) -> Result<()> {
+    let channels = scale.len();
+    let frame = channels * plane;
+    check("channel_norm x", groups * frame, x.len())?;
+    check("channel_norm out", groups * frame, out.len())?;
+    if frame == 0 {
+        return Ok(());
+    }
+    // Tasks: (frame, strip of pixels); a strip's sums stay in L1.
+    const STRIP: usize = 1024;
+    let strips = plane.div_ceil(STRIP);
+    let out_ptr = SharedSlice(out.as_mut_ptr());
+    (0..groups * strips).into_par_iter().for_each(|task| {
+        let (g, strip) = (task / strips, task % strips);
+        let start = strip * STRIP;
+        let len = STRIP.min(plane - start);
+        let base = g * frame + start;
+        let mut inv = [0f32; STRIP];
+        let inv = &mut inv[..len];
+        for c in 0..channels {
+            let row = &x[base + c * plane..base + c * plane + len];
+            for (acc, &v) in inv.iter_mut().zip(row) {
+                let v = v.load();
+                *acc += v * v;
+            }
+        }
+        for v in inv.iter_mut() {
+            *v = 1.0 / v.sqrt().max(1e-12);
+        }
+        for (c, &sc) in scale.iter().enumerate() {
+            let row = &x[base + c * plane..base + c * plane + len];
+            // SAFETY: tasks cover disjoint (frame, strip) ranges of `out`, which outlives the
+            // parallel loop, and `base + c·plane + len <= out.len()` was checked above.
+            let dst = unsafe { out_ptr.row(base + c * plane, len) };
+            for ((o, &v), &k) in dst.iter_mut().zip(row).zip(inv.iter()) {
+                let y = v.load() * k * sc;
+                *o = E::store(if silu { y / (1.0 + (-y).exp()) } else { y });
+            }
+        }
+    });
+    Ok(())
+}
+
+/// A pointer to an output that parallel tasks write in disjoint rows.
+#[derive(Clone, Copy)]
+struct SharedSlice<E>(*mut E);
+// SAFETY: used only for disjoint writes (see `channel_norm`).
+unsafe impl<E: Send> Send for SharedSlice<E> {}
+// SAFETY: as above.
+unsafe impl<E: Send> Sync for SharedSlice<E> {}
+
+impl<E> SharedSlice<E> {
+    /// # Safety
+    /// `start..start + len` is inside the slice and written by no one else meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, start: usize, len: usize) -> &mut [E] {
+        // SAFETY: per the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
 /// `out = x + y · gate` in f32, `gate` of `groups · dim`.
 pub fn gated_residual<E: Activation>(
     x: &[E],
@@ -337,6 +410,40 @@ mod tests {
         }
         let err = rms_norm::<f32>(&[0.0; 5], &[1.0; 2], 2, 1e-6, &mut [0.0; 5]).unwrap_err();
         assert!(err.to_string().contains("rms_norm x"), "{err}");
+    }
+
+    #[test]
+    fn channel_norm_matches_the_definition() {
+        let (groups, channels, plane) = (3, 5, 1500);
+        let x = values(groups * channels * plane, 9);
+        let scale = values(channels, 10);
+        for silu in [false, true] {
+            let mut got = vec![0f32; x.len()];
+            channel_norm(&x, &scale, groups, plane, silu, &mut got).unwrap();
+            for g in 0..groups {
+                for p in 0..plane {
+                    let at = |c: usize| g * channels * plane + c * plane + p;
+                    let norm = (0..channels)
+                        .map(|c| f64::from(x[at(c)]).powi(2))
+                        .sum::<f64>()
+                        .sqrt()
+                        .max(1e-12);
+                    for c in 0..channels {
+                        let y = f64::from(x[at(c)]) / norm * f64::from(scale[c]);
+                        let want = if silu { y / (1.0 + (-y).exp()) } else { y } as f32;
+                        let got = got[at(c)];
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+        // An all-zero pixel stays zero (the 1e-12 floor), not NaN.
+        let mut out = vec![1f32; 4];
+        channel_norm(&[0f32; 4], &[1.0, 1.0], 1, 2, true, &mut out).unwrap();
+        assert_eq!(out, vec![0.0; 4]);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! records gradients), in f32 and bf16, and gradients through the composite forms.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use kiln_kernels::candle_ops::{gated_residual, layer_norm_affine, rms_norm, rope_interleaved};
+use kiln_kernels::candle_ops::{
+    channel_norm, gated_residual, layer_norm_affine, rms_norm, rope_interleaved,
+};
 
 fn randn(shape: &[usize], seed: u64) -> Result<Tensor> {
     let n: usize = shape.iter().product();
@@ -57,6 +59,12 @@ fn fused_ops_match_their_composite_forms() -> Result<()> {
         let (cos, sin) = (angles.cos()?, angles.sin()?);
         let gap = fused_vs_composite(&q, |q| rope_interleaved(q, &cos, &sin))?;
         assert!(gap <= tol, "rope {dtype:?}: {gap}");
+        let frames = randn(&[b, 3, 5, 7, 9], 8)?.to_dtype(dtype)?;
+        let scale = randn(&[5, 1, 1], 9)?;
+        for silu in [false, true] {
+            let gap = fused_vs_composite(&frames, |x| channel_norm(x, &scale, silu))?;
+            assert!(gap <= tol, "channel_norm silu={silu} {dtype:?}: {gap}");
+        }
     }
     Ok(())
 }

@@ -600,15 +600,18 @@ impl RmsNorm {
     }
 }
 
+impl RmsNorm {
+    /// The norm followed by SiLU, in one pass on CPU inference.
+    fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        kiln_kernels::candle_ops::channel_norm(x, &self.scale, true)
+    }
+}
+
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let channels = x.rank() - 3;
-        let x32 = x.to_dtype(DType::F32)?;
-        // F.normalize divides by max(||x||, 1e-12).
-        let norm = x32.sqr()?.sum_keepdim(channels)?.sqrt()?.maximum(1e-12)?;
-        x32.broadcast_div(&norm)?
-            .broadcast_mul(&self.scale)?
-            .to_dtype(x.dtype())
+        // F.normalize divides by max(||x||, 1e-12); one pass on CPU inference, the
+        // differentiable composite when training.
+        kiln_kernels::candle_ops::channel_norm(x, &self.scale, false)
     }
 }
 
@@ -647,9 +650,9 @@ impl ResidualBlock {
             Some(conv) => conv.forward(x, None)?,
             None => x.clone(),
         };
-        let h = self.norm1.forward(x)?.silu()?;
+        let h = self.norm1.forward_silu(x)?;
         let h = self.conv1.forward_cached(&h, cache.next_slot())?;
-        let h = self.norm2.forward(&h)?.silu()?;
+        let h = self.norm2.forward_silu(&h)?;
         // Dropout is the identity at inference.
         let h = self.conv2.forward_cached(&h, cache.next_slot())?;
         h + shortcut
@@ -918,7 +921,7 @@ impl Encoder {
             };
         }
         let x = self.mid_block.forward(&x, cache)?;
-        let x = self.norm_out.forward(&x)?.silu()?;
+        let x = self.norm_out.forward_silu(&x)?;
         self.conv_out.forward_cached(&x, cache.next_slot())
     }
 }
@@ -1004,7 +1007,7 @@ impl Decoder {
         for block in &self.up_blocks {
             x = block.forward(&x, cache)?;
         }
-        let x = self.norm_out.forward(&x)?.silu()?;
+        let x = self.norm_out.forward_silu(&x)?;
         self.conv_out.forward_cached(&x, cache.next_slot())
     }
 }
