@@ -12,9 +12,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use kiln_models::wan::vae::{Config, DecodeTiling, WanVae};
 use kiln_models::RandomWeights;
 
-const VAE_2_1: &str = r#"{"_class_name":"AutoencoderKLWan","base_dim":96,"z_dim":16,"dim_mult":[1,2,4,4],
-"num_res_blocks":2,"attn_scales":[],"temperal_downsample":[false,true,true],"dropout":0.0,
-"latents_mean":[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0],"latents_std":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]}"#;
+const VAE_2_1: &str = include_str!("configs/wan2.1_vae.json");
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
     args.iter()
@@ -55,7 +53,7 @@ fn main() -> Result<()> {
     let tiled = !args.iter().any(|a| a == "--untiled");
     let dev = Device::Cpu;
     let cfg: Config = serde_json::from_str(VAE_2_1).map_err(candle_core::Error::wrap)?;
-    let vae = WanVae::new(&cfg, RandomWeights { std: 0.02 }.var_builder(dtype, &dev))?;
+    let vae = WanVae::new(&cfg, RandomWeights::new(0.02).var_builder(dtype, &dev))?;
     let weights_rss = peak_rss();
     let z = Tensor::randn(
         0f32,

@@ -264,16 +264,30 @@ fn check_safetensors_file(path: &Path) -> Result<()> {
 }
 
 /// Normal random weights N(0, `std`²) of whatever shape a model asks for: benchmarks and
-/// memory measurements of real-sized models without their checkpoints.
-#[derive(Debug, Clone, Copy)]
+/// memory measurements of real-sized models without their checkpoints. Counts the bytes it
+/// hands out (clones share the count).
+#[derive(Debug, Clone)]
 pub struct RandomWeights {
-    pub std: f32,
+    std: f32,
+    given: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl RandomWeights {
-    /// A `VarBuilder` over random weights in `dtype`.
-    pub fn var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
-        VarBuilder::from_backend(Box::new(self), dtype, device.clone())
+    pub fn new(std: f32) -> Self {
+        Self {
+            std,
+            given: Default::default(),
+        }
+    }
+
+    /// A `VarBuilder` over these random weights in `dtype`.
+    pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
+    }
+
+    /// Bytes of all weights handed out so far, by every clone.
+    pub fn bytes_given(&self) -> usize {
+        self.given.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -286,7 +300,12 @@ impl SimpleBackend for RandomWeights {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        Tensor::randn(0f32, self.std, shape, device)?.to_dtype(dtype)
+        let t = Tensor::randn(0f32, self.std, shape, device)?.to_dtype(dtype)?;
+        self.given.fetch_add(
+            t.elem_count() * dtype.size_in_bytes(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(t)
     }
 
     fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
