@@ -735,3 +735,126 @@ impl CustomOp2 for ChannelNorm {
         Ok((out, lx.shape().clone()))
     }
 }
+
+/// A linear layer `y = x · wᵀ + b` with `w` packed once for the GEMM ([`crate::PackedRhs`])
+/// and the bias added in f32 before the single rounding to the activation dtype. For
+/// inference on CPU f32 or bf16 weights: the packed copy replaces the weight (about the
+/// same bytes), so nothing is packed per call. It has no backward.
+pub struct PackedLinear {
+    weight: PackedWeight,
+    bias: Option<Vec<f32>>,
+    in_dim: usize,
+    out_dim: usize,
+}
+
+enum PackedWeight {
+    F32(crate::PackedRhs<f32>),
+    Bf16(crate::PackedRhs<bf16>),
+}
+
+impl std::fmt::Debug for PackedLinear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedLinear")
+            .field("in_dim", &self.in_dim)
+            .field("out_dim", &self.out_dim)
+            .field("bias", &self.bias.is_some())
+            .finish()
+    }
+}
+
+impl PackedLinear {
+    /// Packs `weight` `(out, in)` (and an optional bias `(out)`), or returns `None` when the
+    /// weight is not a CPU f32/bf16 tensor.
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Option<Self>> {
+        if !weight.device().is_cpu() {
+            return Ok(None);
+        }
+        let (out_dim, in_dim) = weight.dims2()?;
+        let wrap = candle_core::Error::wrap;
+        let packed = match weight.dtype() {
+            DType::F32 => {
+                let w = weight.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let b = crate::MatRef::row_major(&w, out_dim, in_dim).map_err(wrap)?;
+                PackedWeight::F32(crate::PackedRhs::new(b.t()).map_err(wrap)?)
+            }
+            DType::BF16 => {
+                let w = weight.contiguous()?.flatten_all()?.to_vec1::<bf16>()?;
+                let b = crate::MatRef::row_major(&w, out_dim, in_dim).map_err(wrap)?;
+                PackedWeight::Bf16(crate::PackedRhs::new(b.t()).map_err(wrap)?)
+            }
+            _ => return Ok(None),
+        };
+        let bias = match bias {
+            Some(b) => Some(b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        };
+        if bias.as_ref().is_some_and(|b| b.len() != out_dim) {
+            candle_core::bail!("PackedLinear: bias has the wrong length for {out_dim} outputs");
+        }
+        Ok(Some(Self {
+            weight: packed,
+            bias,
+            in_dim,
+            out_dim,
+        }))
+    }
+
+    /// `x` `(.., in)` in the weight's dtype to `(.., out)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1_no_bwd(self)
+    }
+}
+
+impl candle_core::CustomOp1 for PackedLinear {
+    fn name(&self) -> &'static str {
+        "kiln-packed-linear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = layout.dims();
+        if dims.last() != Some(&self.in_dim) {
+            candle_core::bail!(
+                "kiln-packed-linear: input {dims:?} does not end in {} features",
+                self.in_dim
+            );
+        }
+        let (start, end) = contiguous_range(layout)?;
+        let rows = (end - start) / self.in_dim.max(1);
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("rank >= 1") = self.out_dim;
+        let shape = Shape::from(out_dims);
+        let wrap = candle_core::Error::wrap;
+        let fill = |c: &mut [f32]| match &self.bias {
+            Some(b) => c
+                .chunks_exact_mut(self.out_dim)
+                .for_each(|row| row.copy_from_slice(b)),
+            None => c.fill(0.0),
+        };
+        let out = match (storage, &self.weight) {
+            (CpuStorage::F32(x), PackedWeight::F32(w)) => {
+                let a =
+                    crate::MatRef::row_major(&x[start..end], rows, self.in_dim).map_err(wrap)?;
+                let mut c = vec![0f32; rows * self.out_dim];
+                fill(&mut c);
+                crate::gemm_prepacked(a, w, &mut c, true).map_err(wrap)?;
+                CpuStorage::F32(c)
+            }
+            (CpuStorage::BF16(x), PackedWeight::Bf16(w)) => {
+                let a =
+                    crate::MatRef::row_major(&x[start..end], rows, self.in_dim).map_err(wrap)?;
+                let mut rounded = vec![bf16::ZERO; rows * self.out_dim];
+                with_f32_scratch(rounded.len(), |c| {
+                    fill(c);
+                    crate::gemm_prepacked(a, w, c, true).map_err(wrap)?;
+                    f32_to_bf16(c, &mut rounded).map_err(wrap)
+                })?;
+                CpuStorage::BF16(rounded)
+            }
+            (s, _) => candle_core::bail!(
+                "kiln-packed-linear: input {:?} does not match the packed weight's dtype",
+                s.dtype()
+            ),
+        };
+        Ok((out, shape))
+    }
+}

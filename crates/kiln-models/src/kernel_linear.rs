@@ -10,25 +10,51 @@ pub struct KernelLinear {
     /// (out, in), as checkpoints store it; read transposed in place by the kernels.
     weight: Tensor,
     bias: Option<Tensor>,
+    /// Loaded (non-trainable) CPU weights packed once for the GEMM; `weight` and `bias` are
+    /// then dropped (an empty placeholder) so the bytes are not kept twice.
+    packed: Option<std::sync::Arc<kiln_kernels::candle_ops::PackedLinear>>,
 }
 
 impl KernelLinear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weight,
+            bias,
+            packed: None,
+        }
+    }
+
+    /// As [`new`](Self::new), packing the weight for inference when it is not trainable
+    /// (not a `Var`) and lives on the CPU in f32 or bf16.
+    pub fn for_inference(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        if weight.is_variable() || bias.as_ref().is_some_and(|b| b.is_variable()) {
+            return Ok(Self::new(weight, bias));
+        }
+        match kiln_kernels::candle_ops::PackedLinear::new(&weight, bias.as_ref())? {
+            Some(packed) => Ok(Self {
+                weight: Tensor::zeros(0, weight.dtype(), weight.device())?,
+                bias: None,
+                packed: Some(std::sync::Arc::new(packed)),
+            }),
+            None => Ok(Self::new(weight, bias)),
+        }
     }
 }
 
 /// `weight` (out, in) and `bias` (out) under `vb`, initialised as `candle_nn::linear` does.
 pub fn kernel_linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<KernelLinear> {
     let inner = candle_nn::linear(in_dim, out_dim, vb)?;
-    Ok(KernelLinear::new(
-        inner.weight().clone(),
-        inner.bias().cloned(),
-    ))
+    KernelLinear::for_inference(inner.weight().clone(), inner.bias().cloned())
 }
 
 impl Module for KernelLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(packed) = &self.packed {
+            if x.track_op() {
+                candle_core::bail!("a packed (inference) linear layer cannot record gradients");
+            }
+            return packed.forward(x);
+        }
         let y = kiln_kernels::candle_ops::matmul(x, &self.weight.t()?)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
@@ -60,6 +86,44 @@ mod tests {
             None,
         );
         assert_eq!(lb.forward(&xb)?.dims(), &[2, 7, 24]);
+        Ok(())
+    }
+
+    #[test]
+    fn packed_for_inference_equals_the_plain_layer() -> Result<()> {
+        let dev = Device::Cpu;
+        // 1536-deep like the Wan transformer: one full depth block and a short last one.
+        let (out, inp) = (70, 1536);
+        let w = Tensor::randn(0f32, 0.05, (out, inp), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, out, &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (3, 5, inp), &dev)?;
+        let want = candle_nn::Linear::new(w.clone(), Some(b.clone())).forward(&x)?;
+        let packed = KernelLinear::for_inference(w.clone(), Some(b.clone()))?;
+        assert!(packed.packed.is_some());
+        let got = packed.forward(&x)?;
+        let diff = (&got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff <= 1e-4, "f32 packed vs candle: {diff}");
+
+        // bf16: the bias is added in f32 before the one rounding.
+        let (wb, xb) = (w.to_dtype(DType::BF16)?, x.to_dtype(DType::BF16)?);
+        let want = x
+            .to_dtype(DType::BF16)?
+            .to_dtype(DType::F32)?
+            .broadcast_matmul(&wb.to_dtype(DType::F32)?.t()?)?
+            .broadcast_add(&b)?;
+        let got = KernelLinear::for_inference(wb, Some(b.clone()))?.forward(&xb)?;
+        assert_eq!(got.dtype(), DType::BF16);
+        let rel = ((got.to_dtype(DType::F32)? - &want)?.abs()? / (want.abs()? + 1e-3)?)?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(rel <= 1.0 / 128.0, "bf16 packed: relative error {rel}");
+
+        // Trainable weights stay unpacked, so gradients flow.
+        let var = candle_core::Var::from_tensor(&w)?;
+        let trainable = KernelLinear::for_inference(var.as_tensor().clone(), None)?;
+        assert!(trainable.packed.is_none());
+        let grads = trainable.forward(&x)?.sum_all()?.backward()?;
+        assert!(grads.get(var.as_tensor()).is_some());
         Ok(())
     }
 }

@@ -389,7 +389,11 @@ pub(crate) unsafe fn prepack<E, K: MicroKernel<E>>(
     (row_stride, col_stride): (usize, usize),
 ) -> Vec<CacheLine> {
     let n_strips = n.div_ceil(K::NR);
-    let packed_len = k.div_ceil(K::KC) * (K::KC / K::K_PER_PACKED) * n_strips * K::NR;
+    // Full depth blocks, then a last block only as deep as the k left: readers find a
+    // block at `depth_block · KC` and nothing follows the last, so its tail needs no padding
+    // (a 1536-deep bf16 weight would otherwise be packed 2048 deep).
+    let tail_kp = (k % K::KC).div_ceil(K::K_PER_PACKED);
+    let packed_len = ((k / K::KC) * (K::KC / K::K_PER_PACKED) + tail_kp) * n_strips * K::NR;
     let mut lines = vec![CacheLine([0; 16]); packed_len.div_ceil(16)];
     let dst: *mut K::Packed = lines.as_mut_ptr().cast();
     for (depth_block, pc) in (0..k).step_by(K::KC).enumerate() {
@@ -399,8 +403,8 @@ pub(crate) unsafe fn prepack<E, K: MicroKernel<E>>(
         for strip in 0..n_strips {
             let jr = strip * K::NR;
             // SAFETY: column jr < n and row pc < k are inside B; the destination lies
-            // inside `packed_len` (a full-depth block per depth block); the path is
-            // supported per the caller.
+            // inside `packed_len` (full-depth blocks, then the last block's `kp`); the path
+            // is supported per the caller.
             unsafe {
                 K::pack(
                     b.add(pc * row_stride + jr * col_stride),
