@@ -337,6 +337,29 @@ impl candle_core::CustomOp3 for Conv3dOp {
     }
 }
 
+/// Runs `$body` on the contiguous f32 or bf16 storage `$s` (as `$x`, writing `$out` of the
+/// same length and dtype): one body for both element types of the fused one-pass ops.
+macro_rules! map_activation {
+    ($op:expr, $s:expr, $l:expr, |$x:ident, $out:ident| $body:expr) => {{
+        let (start, end) = contiguous_range($l)?;
+        match $s {
+            CpuStorage::F32(all) => {
+                let $x = &all[start..end];
+                let mut $out = vec![0f32; end - start];
+                $body.map_err(candle_core::Error::wrap)?;
+                CpuStorage::F32($out)
+            }
+            CpuStorage::BF16(all) => {
+                let $x = &all[start..end];
+                let mut $out = vec![bf16::ZERO; end - start];
+                $body.map_err(candle_core::Error::wrap)?;
+                CpuStorage::BF16($out)
+            }
+            other => candle_core::bail!("{}: f32 or bf16 only, got {:?}", $op, other.dtype()),
+        }
+    }};
+}
+
 /// `LayerNorm(x) · a + b` over the last dim of `x` `(B, L, D)`, computed in f32 and returned
 /// in `x`'s dtype; `a` and `b` are f32 `(B, 1, D)` or `(1, 1, D)` (one for the whole batch).
 /// adaLN's `norm · (1 + scale) + shift` passes `a = 1 + scale`, `b = shift`. CPU f32 and
@@ -432,32 +455,12 @@ impl candle_core::CustomOp3 for LayerNormAffine {
         let (CpuStorage::F32(a), CpuStorage::F32(b)) = (sa, sb) else {
             candle_core::bail!("kiln-layer-norm-affine: scale and shift must be f32")
         };
-        let (ra, rb, rx) = (
-            contiguous_range(la)?,
-            contiguous_range(lb)?,
-            contiguous_range(lx)?,
-        );
+        let (ra, rb) = (contiguous_range(la)?, contiguous_range(lb)?);
         let shape = rows_of(lx, la.dims()[0])?;
         let (a, b) = (&a[ra.0..ra.1], &b[rb.0..rb.1]);
-        let wrap = candle_core::Error::wrap;
-        let out = match sx {
-            CpuStorage::F32(x) => {
-                let mut out = vec![0f32; rx.1 - rx.0];
-                crate::norm::layer_norm_affine(&x[rx.0..rx.1], a, b, shape, self.eps, &mut out)
-                    .map_err(wrap)?;
-                CpuStorage::F32(out)
-            }
-            CpuStorage::BF16(x) => {
-                let mut out = vec![bf16::ZERO; rx.1 - rx.0];
-                crate::norm::layer_norm_affine(&x[rx.0..rx.1], a, b, shape, self.eps, &mut out)
-                    .map_err(wrap)?;
-                CpuStorage::BF16(out)
-            }
-            other => candle_core::bail!(
-                "kiln-layer-norm-affine: f32 or bf16 only, got {:?}",
-                other.dtype()
-            ),
-        };
+        let out = map_activation!("kiln-layer-norm-affine", sx, lx, |x, out| {
+            crate::norm::layer_norm_affine(x, a, b, shape, self.eps, &mut out)
+        });
         Ok((out, lx.shape().clone()))
     }
 }
@@ -546,23 +549,12 @@ impl CustomOp2 for RmsNormOp {
         let CpuStorage::F32(w) = sw else {
             candle_core::bail!("kiln-rms-norm: the weight must be f32")
         };
-        let (rx, rw) = (contiguous_range(lx)?, contiguous_range(lw)?);
+        let rw = contiguous_range(lw)?;
         let w = &w[rw.0..rw.1];
         let dim = w.len();
-        let wrap = candle_core::Error::wrap;
-        let out = match sx {
-            CpuStorage::F32(x) => {
-                let mut out = vec![0f32; rx.1 - rx.0];
-                crate::norm::rms_norm(&x[rx.0..rx.1], w, dim, self.eps, &mut out).map_err(wrap)?;
-                CpuStorage::F32(out)
-            }
-            CpuStorage::BF16(x) => {
-                let mut out = vec![bf16::ZERO; rx.1 - rx.0];
-                crate::norm::rms_norm(&x[rx.0..rx.1], w, dim, self.eps, &mut out).map_err(wrap)?;
-                CpuStorage::BF16(out)
-            }
-            other => candle_core::bail!("kiln-rms-norm: f32 or bf16 only, got {:?}", other.dtype()),
-        };
+        let out = map_activation!("kiln-rms-norm", sx, lx, |x, out| crate::norm::rms_norm(
+            x, w, dim, self.eps, &mut out
+        ));
         Ok((out, lx.shape().clone()))
     }
 }
@@ -619,31 +611,11 @@ impl candle_core::CustomOp3 for RopeOp {
             candle_core::bail!("kiln-rope-interleaved: x must be (.., L, D), got {dims:?}");
         }
         let (len, dim) = (dims[dims.len() - 2], dims[dims.len() - 1]);
-        let (rx, rc, rs) = (
-            contiguous_range(lx)?,
-            contiguous_range(lc)?,
-            contiguous_range(ls)?,
-        );
+        let (rc, rs) = (contiguous_range(lc)?, contiguous_range(ls)?);
         let (cos, sin) = (&cos[rc.0..rc.1], &sin[rs.0..rs.1]);
-        let wrap = candle_core::Error::wrap;
-        let out = match sx {
-            CpuStorage::F32(x) => {
-                let mut out = vec![0f32; rx.1 - rx.0];
-                crate::rope::rope_interleaved(&x[rx.0..rx.1], cos, sin, len, dim, &mut out)
-                    .map_err(wrap)?;
-                CpuStorage::F32(out)
-            }
-            CpuStorage::BF16(x) => {
-                let mut out = vec![bf16::ZERO; rx.1 - rx.0];
-                crate::rope::rope_interleaved(&x[rx.0..rx.1], cos, sin, len, dim, &mut out)
-                    .map_err(wrap)?;
-                CpuStorage::BF16(out)
-            }
-            other => candle_core::bail!(
-                "kiln-rope-interleaved: f32 or bf16 only, got {:?}",
-                other.dtype()
-            ),
-        };
+        let out = map_activation!("kiln-rope-interleaved", sx, lx, |x, out| {
+            crate::rope::rope_interleaved(x, cos, sin, len, dim, &mut out)
+        });
         Ok((out, lx.shape().clone()))
     }
 }
@@ -686,7 +658,7 @@ impl CustomOp2 for ChannelNorm {
         let CpuStorage::F32(scale) = ss else {
             candle_core::bail!("kiln-channel-norm: the scale must be f32")
         };
-        let (rx, rs) = (contiguous_range(lx)?, contiguous_range(ls)?);
+        let rs = contiguous_range(ls)?;
         let scale = &scale[rs.0..rs.1];
         let dims = lx.dims();
         let rank = dims.len();
@@ -699,39 +671,9 @@ impl CustomOp2 for ChannelNorm {
         }
         let plane = dims[rank - 2] * dims[rank - 1];
         let groups = dims[..rank - 3].iter().product();
-        let wrap = candle_core::Error::wrap;
-        let out = match sx {
-            CpuStorage::F32(x) => {
-                let mut out = vec![0f32; rx.1 - rx.0];
-                crate::norm::channel_norm(
-                    &x[rx.0..rx.1],
-                    scale,
-                    groups,
-                    plane,
-                    self.silu,
-                    &mut out,
-                )
-                .map_err(wrap)?;
-                CpuStorage::F32(out)
-            }
-            CpuStorage::BF16(x) => {
-                let mut out = vec![bf16::ZERO; rx.1 - rx.0];
-                crate::norm::channel_norm(
-                    &x[rx.0..rx.1],
-                    scale,
-                    groups,
-                    plane,
-                    self.silu,
-                    &mut out,
-                )
-                .map_err(wrap)?;
-                CpuStorage::BF16(out)
-            }
-            other => candle_core::bail!(
-                "kiln-channel-norm: f32 or bf16 only, got {:?}",
-                other.dtype()
-            ),
-        };
+        let out = map_activation!("kiln-channel-norm", sx, lx, |x, out| {
+            crate::norm::channel_norm(x, scale, groups, plane, self.silu, &mut out)
+        });
         Ok((out, lx.shape().clone()))
     }
 }

@@ -11,7 +11,7 @@
 
 use half::bf16;
 
-use crate::error::{KernelError, Result};
+use crate::error::{check_len, KernelError, Result};
 use crate::gemm::{gemm_items, GemmInput, Operand};
 use crate::KernelPath;
 
@@ -159,18 +159,6 @@ fn pad_frames<E: Copy + Default>(x: &[E], planes: usize, h: usize, w: usize, pad
         }
     }
     out
-}
-
-fn check_len(operand: &'static str, expected: usize, found: usize) -> Result<()> {
-    if expected == found {
-        Ok(())
-    } else {
-        Err(KernelError::ShapeLen {
-            operand,
-            expected,
-            found,
-        })
-    }
 }
 
 #[cfg(test)]

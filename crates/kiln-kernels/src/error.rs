@@ -55,3 +55,16 @@ pub enum KernelError {
 }
 
 pub type Result<T> = std::result::Result<T, KernelError>;
+
+/// `Ok` when a slice holds the `expected` number of elements, else [`KernelError::ShapeLen`].
+pub(crate) fn check_len(operand: &'static str, expected: usize, found: usize) -> Result<()> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(KernelError::ShapeLen {
+            operand,
+            expected,
+            found,
+        })
+    }
+}

@@ -9,7 +9,7 @@
 use half::bf16;
 use rayon::prelude::*;
 
-use crate::error::{KernelError, Result};
+use crate::error::{check_len, KernelError, Result};
 
 /// An activation element: f32, or bf16 computed in f32.
 pub trait Activation: Copy + Send + Sync + 'static {
@@ -74,10 +74,10 @@ pub fn layer_norm_affine<E: Activation>(
         rows_per_group,
         dim,
     } = shape;
-    check("layer_norm x", shape.elements(), x.len())?;
-    check("layer_norm out", shape.elements(), out.len())?;
-    check("layer_norm scale", groups * dim, a.len())?;
-    check("layer_norm shift", groups * dim, b.len())?;
+    check_len("layer_norm x", shape.elements(), x.len())?;
+    check_len("layer_norm out", shape.elements(), out.len())?;
+    check_len("layer_norm scale", groups * dim, a.len())?;
+    check_len("layer_norm shift", groups * dim, b.len())?;
     if dim == 0 {
         return Ok(());
     }
@@ -119,8 +119,8 @@ pub fn rms_norm<E: Activation>(
     eps: f32,
     out: &mut [E],
 ) -> Result<()> {
-    check("rms_norm x", out.len(), x.len())?;
-    check("rms_norm weight", dim, weight.len())?;
+    check_len("rms_norm x", out.len(), x.len())?;
+    check_len("rms_norm weight", dim, weight.len())?;
     if dim == 0 || x.is_empty() {
         return Ok(());
     }
@@ -164,8 +164,8 @@ pub fn channel_norm<E: Activation>(
 ) -> Result<()> {
     let channels = scale.len();
     let frame = channels * plane;
-    check("channel_norm x", groups * frame, x.len())?;
-    check("channel_norm out", groups * frame, out.len())?;
+    check_len("channel_norm x", groups * frame, x.len())?;
+    check_len("channel_norm out", groups * frame, out.len())?;
     if frame == 0 {
         return Ok(());
     }
@@ -235,10 +235,10 @@ pub fn gated_residual<E: Activation>(
         rows_per_group,
         dim,
     } = shape;
-    check("gated_residual x", shape.elements(), x.len())?;
-    check("gated_residual y", shape.elements(), y.len())?;
-    check("gated_residual out", shape.elements(), out.len())?;
-    check("gated_residual gate", groups * dim, gate.len())?;
+    check_len("gated_residual x", shape.elements(), x.len())?;
+    check_len("gated_residual y", shape.elements(), y.len())?;
+    check_len("gated_residual out", shape.elements(), out.len())?;
+    check_len("gated_residual gate", groups * dim, gate.len())?;
     if dim == 0 {
         return Ok(());
     }
@@ -277,18 +277,6 @@ fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut total: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
     total += acc.iter().sum::<f32>();
     total
-}
-
-fn check(operand: &'static str, expected: usize, found: usize) -> Result<()> {
-    if expected == found {
-        Ok(())
-    } else {
-        Err(KernelError::ShapeLen {
-            operand,
-            expected,
-            found,
-        })
-    }
 }
 
 #[cfg(test)]

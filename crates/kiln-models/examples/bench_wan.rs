@@ -14,16 +14,12 @@ use kiln_kernels::KernelPath;
 use kiln_models::wan::{transformer, vae};
 use kiln_models::RandomWeights;
 
+mod support;
+use support::{arg, parse_dtype};
+
 const TRANSFORMER_1_3B: &str = include_str!("configs/wan2.1_t2v_1.3b_transformer.json");
 
 const VAE_2_1: &str = include_str!("configs/wan2.1_vae.json");
-
-fn arg(args: &[String], name: &str, default: &str) -> String {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
 
 fn best_of(repeats: usize, mut f: impl FnMut() -> Result<Tensor>) -> Result<f64> {
     let mut best = f64::INFINITY;
@@ -50,12 +46,7 @@ fn main() -> Result<()> {
     let lat_f = (frames - 1) / 4 + 1;
     let lat_s = size / 8;
     for name in dtypes.split(',') {
-        let dtype = match name {
-            "f32" => DType::F32,
-            "bf16" => DType::BF16,
-            "f16" => DType::F16,
-            other => candle_core::bail!("unknown dtype {other}"),
-        };
+        let dtype = parse_dtype(name)?;
         if what.contains("transformer") {
             let cfg: transformer::Config =
                 serde_json::from_str(TRANSFORMER_1_3B).map_err(candle_core::Error::wrap)?;

@@ -8,30 +8,14 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 use kiln_models::wan::vae::{Config, DecodeTiling, WanVae};
 use kiln_models::RandomWeights;
 
+mod support;
+use support::{arg, parse_dtype, peak_rss_bytes};
+
 const VAE_2_1: &str = include_str!("configs/wan2.1_vae.json");
-
-fn arg(args: &[String], name: &str, default: &str) -> String {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
-
-/// The process's peak resident set in bytes (Linux VmHWM), 0 elsewhere.
-fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -45,16 +29,12 @@ fn main() -> Result<()> {
         num("--width", "832")?,
         num("--height", "480")?,
     );
-    let dtype = match arg(&args, "--dtype", "bf16").as_str() {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        other => candle_core::bail!("--dtype {other}: use f32 or bf16"),
-    };
+    let dtype = parse_dtype(&arg(&args, "--dtype", "bf16"))?;
     let tiled = !args.iter().any(|a| a == "--untiled");
     let dev = Device::Cpu;
     let cfg: Config = serde_json::from_str(VAE_2_1).map_err(candle_core::Error::wrap)?;
     let vae = WanVae::new(&cfg, RandomWeights::new(0.02).var_builder(dtype, &dev))?;
-    let weights_rss = peak_rss();
+    let weights_rss = peak_rss_bytes();
     let z = Tensor::randn(
         0f32,
         1.0,
@@ -74,7 +54,7 @@ fn main() -> Result<()> {
          \"dtype\":\"{dtype:?}\",\"tiled\":{tiled},\"seconds\":{seconds:.2},\"out\":{:?},\
          \"rss_after_load_bytes\":{weights_rss},\"peak_rss_bytes\":{}}}",
         video.dims(),
-        peak_rss()
+        peak_rss_bytes()
     );
     Ok(())
 }

@@ -25,6 +25,10 @@ use kiln_models::RandomWeights;
 use kiln_pipeline::noise;
 use kiln_sampling::{classifier_free_guidance, Scheduler, SchedulerConfig};
 
+#[path = "../../kiln-models/examples/support/mod.rs"]
+mod support;
+use support::{arg, parse_dtype, peak_rss_bytes};
+
 const TRANSFORMER_1_3B: &str =
     include_str!("../../kiln-models/examples/configs/wan2.1_t2v_1.3b_transformer.json");
 
@@ -34,25 +38,6 @@ const VAE_2_1: &str = include_str!("../../kiln-models/examples/configs/wan2.1_va
 /// Wan2.1-T2V-1.3B-Diffusers). The python side reads the same file.
 const SCHEDULER: &str =
     include_str!("../../../models/kiln-bundled/scheduler/scheduler_config.json");
-
-fn arg(args: &[String], name: &str, default: &str) -> String {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
-
-/// The process's peak resident set (VmHWM) in bytes; 0 where /proc is not there.
-fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
 
 struct Run<'a> {
     transformer: &'a WanTransformer,
@@ -135,12 +120,7 @@ fn main() -> Result<()> {
     };
     let latent_shape = (1, 16, (frames - 1) / 4 + 1, size / 8, size / 8);
     for name in dtypes.split(',') {
-        let dtype = match name {
-            "f32" => DType::F32,
-            "bf16" => DType::BF16,
-            "f16" => DType::F16,
-            other => candle_core::bail!("unknown dtype {other}"),
-        };
+        let dtype = parse_dtype(name)?;
         let random = RandomWeights::new(0.02);
         let weights = || random.var_builder(dtype, &dev);
         let tr_cfg: transformer::Config =
