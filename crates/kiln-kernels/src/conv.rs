@@ -61,6 +61,32 @@ pub fn conv3d<E: GemmInput + Default>(
     shape: Conv3dShape,
     y: &mut [f32],
 ) -> Result<()> {
+    conv3d_into(x, weight, bias, shape, y, |src, dst| {
+        dst.copy_from_slice(src);
+        Ok(())
+    })
+}
+
+/// [`conv3d`] for bf16 frames, rounding the f32 sums to bf16 once as they are cropped.
+pub fn conv3d_bf16(
+    x: &[bf16],
+    weight: &[bf16],
+    bias: &[f32],
+    shape: Conv3dShape,
+    y: &mut [bf16],
+) -> Result<()> {
+    conv3d_into(x, weight, bias, shape, y, crate::f32_to_bf16)
+}
+
+/// The convolution, with `store` writing each output row from its f32 sums.
+fn conv3d_into<E: GemmInput + Default, O>(
+    x: &[E],
+    weight: &[E],
+    bias: &[f32],
+    shape: Conv3dShape,
+    y: &mut [O],
+    store: impl Fn(&[f32], &mut [O]) -> Result<()>,
+) -> Result<()> {
     let Conv3dShape {
         batch,
         t,
@@ -129,23 +155,10 @@ pub fn conv3d<E: GemmInput + Default>(
     // Drop the columns that straddle the padding.
     for (src, dst) in acc.chunks_exact(n).zip(y.chunks_exact_mut(ho * wo)) {
         for (r, out_row) in dst.chunks_exact_mut(wo).enumerate() {
-            out_row.copy_from_slice(&src[r * wp..r * wp + wo]);
+            store(&src[r * wp..r * wp + wo], out_row)?;
         }
     }
     Ok(())
-}
-
-/// [`conv3d`] for bf16 frames, rounding the f32 result to bf16 once.
-pub fn conv3d_bf16(
-    x: &[bf16],
-    weight: &[bf16],
-    bias: &[f32],
-    shape: Conv3dShape,
-    y: &mut [bf16],
-) -> Result<()> {
-    let mut wide = vec![0f32; y.len()];
-    conv3d(x, weight, bias, shape, &mut wide)?;
-    crate::f32_to_bf16(&wide, y)
 }
 
 /// `planes` planes of `h × w` with `pad` zeros on every side.

@@ -6,22 +6,20 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 #[derive(Debug, Clone)]
-pub struct KernelLinear {
-    /// (out, in), as checkpoints store it; read transposed in place by the kernels.
-    weight: Tensor,
-    bias: Option<Tensor>,
-    /// Loaded (non-trainable) CPU weights packed once for the GEMM; `weight` and `bias` are
-    /// then dropped (an empty placeholder) so the bytes are not kept twice.
-    packed: Option<std::sync::Arc<kiln_kernels::candle_ops::PackedLinear>>,
+pub enum KernelLinear {
+    /// `weight` (out, in), as checkpoints store it; read transposed in place by the kernels.
+    /// Trainable weights and other devices stay in this form.
+    Plain {
+        weight: Tensor,
+        bias: Option<Tensor>,
+    },
+    /// Loaded CPU weights packed once for the GEMM, in place of the plain copy.
+    Packed(std::sync::Arc<kiln_kernels::candle_ops::PackedLinear>),
 }
 
 impl KernelLinear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self {
-            weight,
-            bias,
-            packed: None,
-        }
+        Self::Plain { weight, bias }
     }
 
     /// As [`new`](Self::new), packing the weight for inference when it is not trainable
@@ -31,11 +29,7 @@ impl KernelLinear {
             return Ok(Self::new(weight, bias));
         }
         match kiln_kernels::candle_ops::PackedLinear::new(&weight, bias.as_ref())? {
-            Some(packed) => Ok(Self {
-                weight: Tensor::zeros(0, weight.dtype(), weight.device())?,
-                bias: None,
-                packed: Some(std::sync::Arc::new(packed)),
-            }),
+            Some(packed) => Ok(Self::Packed(std::sync::Arc::new(packed))),
             None => Ok(Self::new(weight, bias)),
         }
     }
@@ -49,14 +43,17 @@ pub fn kernel_linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Ke
 
 impl Module for KernelLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(packed) = &self.packed {
-            if x.track_op() {
-                candle_core::bail!("a packed (inference) linear layer cannot record gradients");
+        let (weight, bias) = match self {
+            Self::Packed(packed) => {
+                if x.track_op() {
+                    candle_core::bail!("a packed (inference) linear layer cannot record gradients");
+                }
+                return packed.forward(x);
             }
-            return packed.forward(x);
-        }
-        let y = kiln_kernels::candle_ops::matmul(x, &self.weight.t()?)?;
-        match &self.bias {
+            Self::Plain { weight, bias } => (weight, bias),
+        };
+        let y = kiln_kernels::candle_ops::matmul(x, &weight.t()?)?;
+        match bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
@@ -99,7 +96,7 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (3, 5, inp), &dev)?;
         let want = candle_nn::Linear::new(w.clone(), Some(b.clone())).forward(&x)?;
         let packed = KernelLinear::for_inference(w.clone(), Some(b.clone()))?;
-        assert!(packed.packed.is_some());
+        assert!(matches!(packed, KernelLinear::Packed(_)));
         let got = packed.forward(&x)?;
         let diff = (&got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff <= 1e-4, "f32 packed vs candle: {diff}");
@@ -121,7 +118,7 @@ mod tests {
         // Trainable weights stay unpacked, so gradients flow.
         let var = candle_core::Var::from_tensor(&w)?;
         let trainable = KernelLinear::for_inference(var.as_tensor().clone(), None)?;
-        assert!(trainable.packed.is_none());
+        assert!(matches!(trainable, KernelLinear::Plain { .. }));
         let grads = trainable.forward(&x)?.sum_all()?.backward()?;
         assert!(grads.get(var.as_tensor()).is_some());
         Ok(())
