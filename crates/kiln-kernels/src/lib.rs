@@ -14,6 +14,8 @@
 //! - [`f32_to_bf16`]: vectorised rounding of results to bf16.
 //! - [`conv`]: stride-1 3D (and 2D) convolution of channel-first frames as GEMMs read
 //!   straight from the padded input.
+//! - [`winograd`]: the same for `(kt, 3, 3)` kernels in the Winograd F(2×2, 3×3) domain,
+//!   4 multiplies per output pixel and tap instead of 9.
 //! - [`norm`]: LayerNorm fused with its affine or adaLN modulation, and the gated residual.
 //! - [`rope`]: interleaved-pair rotary embedding in one pass.
 //! - [`activation`]: GELU (tanh form) over slices, vectorised and threaded.
@@ -38,6 +40,7 @@ mod matrix;
 pub mod norm;
 pub mod peak;
 pub mod rope;
+pub mod winograd;
 
 pub use convert::f32_to_bf16;
 pub use error::{KernelError, Result};

@@ -81,3 +81,38 @@ fn rope_composite_is_candles_interleaved_rope() -> Result<()> {
     assert_eq!(got, vec![-2.0, 1.0, 3.0, 4.0]);
     Ok(())
 }
+
+/// The Winograd convolution op equals the direct one, refuses what it cannot run, and
+/// reports a dtype mismatch instead of guessing.
+#[test]
+fn winograd_conv_op_equals_the_direct_convolution() -> Result<()> {
+    use kiln_kernels::candle_ops::{conv3d, WinogradConv};
+    let (o, c) = (5, 3);
+    let weight = (randn(&[o, 27 * c], 3)? * 0.2)?;
+    let bias = randn(&[o], 4)?;
+    let x = randn(&[2, 4, c, 7, 6], 5)?;
+    let conv = WinogradConv::new(&weight, &bias, (3, 3, 3), 1)?.expect("a 3×3 CPU kernel");
+    assert_eq!(conv.dtype(), DType::F32);
+    let got = conv.forward(&x)?;
+    let want = conv3d(&x, &weight, &bias, (3, 3, 3), 1)?;
+    assert_eq!(got.dims(), &[2, 2, o, 7, 6]);
+    let diff = max_diff(&got, &want)?;
+    assert!(diff < 1e-4, "winograd vs direct: {diff}");
+
+    let wb = weight.to_dtype(DType::BF16)?;
+    let conv_b = WinogradConv::new(&wb, &bias, (3, 3, 3), 1)?.expect("bf16 too");
+    let got = conv_b.forward(&x.to_dtype(DType::BF16)?)?;
+    assert_eq!(got.dtype(), DType::BF16);
+    let diff = max_diff(&got, &want)?;
+    assert!(diff < 0.1, "bf16 winograd vs f32 direct: {diff}");
+    assert!(conv_b.forward(&x).is_err(), "f32 input to bf16 weights");
+    assert!(
+        conv.forward(&randn(&[1, 3, c + 1, 4, 4], 6)?).is_err(),
+        "wrong channels"
+    );
+
+    // Not 3×3 in space: no Winograd form.
+    let pointwise = randn(&[o, c], 7)?;
+    assert!(WinogradConv::new(&pointwise, &bias, (1, 1, 1), 0)?.is_none());
+    Ok(())
+}

@@ -19,6 +19,10 @@ pub struct Problem<'a, E> {
     pub b: Rhs<'a, E>,
     pub offsets: &'a [(usize, usize)],
     pub accumulate: bool,
+    /// Run on the calling thread only: for callers that already spread their own work
+    /// over the cores (many small products), where splitting each one costs more than it
+    /// gains.
+    pub this_thread: bool,
 }
 
 /// Where B comes from.
@@ -191,7 +195,11 @@ pub(crate) fn run<E: GemmInput, K: MicroKernel<E>>(p: &Problem<'_, E>, c: &mut [
         m,
         n,
         k,
-        rayon::current_num_threads(),
+        if p.this_thread {
+            1
+        } else {
+            rayon::current_num_threads()
+        },
         (K::MR, K::NR),
     );
     let out = SharedOut(c.as_mut_ptr());

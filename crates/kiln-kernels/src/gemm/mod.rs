@@ -235,6 +235,7 @@ pub(crate) fn gemm_items<E: GemmInput>(
         },
         offsets,
         accumulate,
+        this_thread: false,
     };
     E::with_kernel(
         path,
@@ -377,6 +378,27 @@ pub fn gemm_prepacked<E: GemmInput>(
     c: &mut [f32],
     accumulate: bool,
 ) -> Result<()> {
+    prepacked_product(a, b, c, accumulate, false)
+}
+
+/// [`gemm_prepacked`] on the calling thread only, for callers that run many small
+/// products in parallel themselves.
+pub(crate) fn gemm_prepacked_here<E: GemmInput>(
+    a: MatRef<'_, E>,
+    b: &PackedRhs<E>,
+    c: &mut [f32],
+    accumulate: bool,
+) -> Result<()> {
+    prepacked_product(a, b, c, accumulate, true)
+}
+
+fn prepacked_product<E: GemmInput>(
+    a: MatRef<'_, E>,
+    b: &PackedRhs<E>,
+    c: &mut [f32],
+    accumulate: bool,
+    this_thread: bool,
+) -> Result<()> {
     if a.cols != b.rows {
         return Err(KernelError::InnerDim {
             a_cols: a.cols,
@@ -402,6 +424,7 @@ pub fn gemm_prepacked<E: GemmInput>(
         b: Rhs::Prepacked(&b.lines),
         offsets: &[(0, 0)],
         accumulate,
+        this_thread,
     };
     E::with_kernel(
         b.path,

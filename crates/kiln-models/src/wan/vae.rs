@@ -11,7 +11,9 @@
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
+use kiln_kernels::candle_ops::WinogradConv;
 use serde::Deserialize;
+use std::sync::Arc;
 
 /// Frames of input each temporal convolution keeps for the next chunk (diffusers `CACHE_T`).
 pub const CACHE_T: usize = 2;
@@ -339,6 +341,49 @@ fn on_kiln_conv(x: &Tensor, weight: &Tensor) -> bool {
         && matches!(x.dtype(), DType::F32 | DType::BF16)
 }
 
+/// A convolution's weight: `(out, taps·in)` as loaded, or, for inference on the CPU with
+/// 3×3 spatial taps and stride 1, only its Winograd transform (kiln-kernels' fastest
+/// convolution; keeping both would cost 25/9 of the bytes).
+#[derive(Debug, Clone)]
+enum ConvWeight {
+    Plain(Tensor),
+    Winograd(Arc<WinogradConv>),
+}
+
+impl ConvWeight {
+    /// Trainable weights (`Var`s, or views of them), other devices and other kernels stay
+    /// plain.
+    fn new(
+        weight: Tensor,
+        bias: &Tensor,
+        kernel: (usize, usize, usize),
+        pad: usize,
+    ) -> Result<Self> {
+        if weight.track_op() || bias.track_op() {
+            return Ok(Self::Plain(weight));
+        }
+        Ok(match WinogradConv::new(&weight, bias, kernel, pad)? {
+            Some(conv) => Self::Winograd(Arc::new(conv)),
+            None => Self::Plain(weight),
+        })
+    }
+}
+
+/// `conv` applied to `x` `(B, T, C, H, W)`, in `x`'s dtype.
+fn winograd_forward(conv: &WinogradConv, x: &Tensor) -> Result<Tensor> {
+    if x.track_op() {
+        candle_core::bail!(
+            "VAE convolution: weights loaded for inference cannot pass gradients; load them as variables (a VarMap) to train"
+        );
+    }
+    if x.dtype() == conv.dtype() {
+        conv.forward(x)
+    } else {
+        conv.forward(&x.to_dtype(conv.dtype())?)?
+            .to_dtype(x.dtype())
+    }
+}
+
 /// candle's CPU backend has no bf16 GEMM, so bf16 operands are widened to f32 there.
 fn widen_on_cpu(x: &Tensor) -> Result<Tensor> {
     if x.dtype() == DType::BF16 && x.device().is_cpu() {
@@ -352,7 +397,7 @@ fn widen_on_cpu(x: &Tensor) -> Result<Tensor> {
 #[derive(Debug, Clone)]
 struct FrameConv {
     /// `(out, kh·kw·in)`, taps outer.
-    weight: Tensor,
+    weight: ConvWeight,
     /// f32, `(1, out, 1, 1)`: added before rounding to the activation dtype.
     bias: Tensor,
     kernel: usize,
@@ -374,6 +419,11 @@ impl FrameConv {
             .permute((0, 2, 3, 1))?
             .reshape((out_dim, kernel * kernel * in_dim))?;
         let bias = vb.get(out_dim, "bias")?.to_dtype(DType::F32)?;
+        let weight = if stride == 1 {
+            ConvWeight::new(weight, &bias, (1, kernel, kernel), padding)?
+        } else {
+            ConvWeight::Plain(weight)
+        };
         Ok(Self {
             weight,
             bias: bias.reshape((1, out_dim, 1, 1))?,
@@ -387,10 +437,18 @@ impl FrameConv {
 impl Module for FrameConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
-        if self.stride == 1 && on_kiln_conv(x, &self.weight) {
+        let weight = match &self.weight {
+            ConvWeight::Winograd(conv) => {
+                let y = winograd_forward(conv, &x.reshape((1, n, c, h, w))?)?;
+                let (_, _, o, ho, wo) = y.dims5()?;
+                return y.reshape((n, o, ho, wo));
+            }
+            ConvWeight::Plain(weight) => weight,
+        };
+        if self.stride == 1 && on_kiln_conv(x, weight) {
             let y = kiln_kernels::candle_ops::conv3d(
                 &x.reshape((1, n, c, h, w))?,
-                &self.weight,
+                weight,
                 &self.bias,
                 (1, self.kernel, self.kernel),
                 self.padding,
@@ -399,7 +457,7 @@ impl Module for FrameConv {
             return y.reshape((n, o, ho, wo));
         }
         let xw = widen_on_cpu(x)?;
-        let weight = widen_on_cpu(&self.weight)?;
+        let weight = widen_on_cpu(weight)?;
         let p = self.padding;
         let xw = if p > 0 {
             xw.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?
@@ -436,7 +494,7 @@ impl Module for FrameConv {
 #[derive(Debug, Clone)]
 struct CausalConv3d {
     /// `(out, kt·kh·kw·in)`, taps outer.
-    weight: Tensor,
+    weight: ConvWeight,
     /// Kept in f32: the taps are summed in f32.
     bias: Tensor,
     kernel: (usize, usize, usize),
@@ -462,6 +520,11 @@ impl CausalConv3d {
             .reshape((out_dim, kt * kh * kw * in_dim))?;
         let bias = vb.get(out_dim, "bias")?.to_dtype(DType::F32)?;
         let (padding_t, pad_hw) = padding;
+        let weight = if stride_t == 1 {
+            ConvWeight::new(weight, &bias, kernel, pad_hw)?
+        } else {
+            ConvWeight::Plain(weight)
+        };
         Ok(Self {
             weight,
             bias: bias.reshape((1, 1, out_dim, 1, 1))?,
@@ -503,10 +566,14 @@ impl CausalConv3d {
         if t < kt {
             candle_core::bail!("causal conv3d: {t} frames after padding, kernel needs {kt}");
         }
-        if self.stride_t == 1 && on_kiln_conv(&x, &self.weight) {
+        let weight = match &self.weight {
+            ConvWeight::Winograd(conv) => return winograd_forward(conv, &x),
+            ConvWeight::Plain(weight) => weight,
+        };
+        if self.stride_t == 1 && on_kiln_conv(&x, weight) {
             return kiln_kernels::candle_ops::conv3d(
                 &x,
-                &self.weight,
+                weight,
                 &self.bias,
                 self.kernel,
                 self.pad_hw,
@@ -522,14 +589,9 @@ impl CausalConv3d {
             } else {
                 xw
             };
-            conv_as_matmul(
-                &xw,
-                &widen_on_cpu(&self.weight)?,
-                self.kernel,
-                (self.stride_t, 1),
-            )?
+            conv_as_matmul(&xw, &widen_on_cpu(weight)?, self.kernel, (self.stride_t, 1))?
         } else {
-            self.forward_by_taps(&x, t_out)?
+            self.forward_by_taps(&x, weight, t_out)?
         };
         y.to_dtype(DType::F32)?
             .broadcast_add(&self.bias)?
@@ -538,11 +600,11 @@ impl CausalConv3d {
 
     /// The sum over temporal taps of conv2d over batches of frames: no im2col columns of
     /// the whole chunk in memory at once.
-    fn forward_by_taps(&self, x: &Tensor, t_out: usize) -> Result<Tensor> {
+    fn forward_by_taps(&self, x: &Tensor, weight: &Tensor, t_out: usize) -> Result<Tensor> {
         let (b, _, c, h, w) = x.dims5()?;
         let (kt, kh, kw) = self.kernel;
-        let out = self.weight.dim(0)?;
-        let weight = widen_on_cpu(&self.weight)?.reshape((out, kt, kh, kw, self.in_dim))?;
+        let out = weight.dim(0)?;
+        let weight = widen_on_cpu(weight)?.reshape((out, kt, kh, kw, self.in_dim))?;
         let mut acc: Option<Tensor> = None;
         for k in 0..kt {
             let tap = weight
@@ -1226,26 +1288,30 @@ impl WanVae {
 mod tests {
     use super::*;
 
-    /// The im2col matmul (training, small inputs) and the per-tap conv2d fallback (large
-    /// inference inputs) are the same convolution, strided in time or not.
+    /// The loaded stride-1 convolution (Winograd), the im2col matmul (stride 2, training)
+    /// and the per-tap conv2d fallback (large inputs) are the same convolution.
     #[test]
     fn conv_paths_agree() -> Result<()> {
         let dev = candle_core::Device::Cpu;
+        let weight = Tensor::randn(0f32, 1.0, (5, 3, 3, 3, 3), &dev)?;
+        let plain = weight.permute((0, 2, 3, 4, 1))?.reshape((5, 27 * 3))?;
         let mut tensors = std::collections::HashMap::new();
-        tensors.insert(
-            "weight".to_string(),
-            Tensor::randn(0f32, 1.0, (5, 3, 3, 3, 3), &dev)?,
-        );
+        tensors.insert("weight".to_string(), weight);
         tensors.insert("bias".to_string(), Tensor::randn(0f32, 1.0, 5, &dev)?);
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
         let x = Tensor::randn(0f32, 1.0, (2, 6, 3, 7, 9), &dev)?;
         for stride_t in [1, 2] {
             let conv = CausalConv3d::new(3, 5, (3, 3, 3), stride_t, (1, 1), vb.clone())?;
+            assert_eq!(
+                matches!(conv.weight, ConvWeight::Winograd(_)),
+                stride_t == 1,
+                "stride {stride_t}"
+            );
             let by_matmul = conv.forward(&x, None)?;
             let padded = x.pad_with_zeros(1, 2, 0)?;
             let t_out = (padded.dim(1)? - 3) / stride_t + 1;
             let by_taps = conv
-                .forward_by_taps(&padded, t_out)?
+                .forward_by_taps(&padded, &plain, t_out)?
                 .broadcast_add(&conv.bias)?;
             assert_eq!(by_matmul.dims(), by_taps.dims());
             let diff = (by_matmul - by_taps)?

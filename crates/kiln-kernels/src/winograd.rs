@@ -1,0 +1,726 @@
+//! Winograd F(2×2, 3×3) convolution of channel-first frames: the 3×3 spatial taps of a
+//! stride-1 `(kt, 3, 3)` convolution with 4 multiplies per output pixel instead of 9.
+//!
+//! Each output tile of 2×2 pixels reads a 4×4 input patch `d`. With the standard
+//! transforms, `Y = Aᵀ [ Σ (G g Gᵀ) ⊙ (Bᵀ d B) ] A`, so after transforming the weights once
+//! (`U = G g Gᵀ`, 16 values per 3×3 kernel) and every input frame once (`V = Bᵀ d B`, 16
+//! values per tile), the sum over input channels and temporal taps becomes 16 independent
+//! GEMMs, one per position ξ of the 4×4 transform domain:
+//!
+//! `M_ξ (tiles × O) = V_ξ (tiles × kt·C) · U_ξ (kt·C × O)`
+//!
+//! `V` is laid out `[ξ][tile][frame][channel]`, so the kt frames a temporal tap reads sit
+//! next to each other and one GEMM covers every tap; `U_ξ` is packed for the GEMM once, when
+//! the weights are loaded. The tiles go through in bands small enough that a band's `M`
+//! stays in cache until the output transform `Aᵀ M A` turns it into 2×2 pixels. The
+//! transforms are additions only, done in f32 and vectorised across channels; the GEMM runs
+//! on the crate's kernels (bf16 products are exact and summed in f32). In bf16 the
+//! transformed inputs and weights are rounded to bf16 once each, which the tests bound.
+
+use half::bf16;
+use rayon::prelude::*;
+
+use crate::conv::Conv3dShape;
+use crate::error::{check_len, KernelError, Result};
+use crate::gemm::gemm_prepacked_here;
+use crate::gemm::GemmInput;
+use crate::{KernelPath, MatRef, PackedRhs};
+
+/// Positions of the 4×4 transform domain.
+const XI: usize = 16;
+
+/// Tiles per band: `M` of a band is `16 · BAND_TILES · O` f32.
+const BAND_TILES: usize = 256;
+
+/// An element type the transforms can write: f32 as is, bf16 rounded to nearest even.
+pub trait WinogradElement: GemmInput + Default {
+    /// `v` in this type (bf16: to nearest, ties to even, as `half::bf16::from_f32`).
+    fn round(v: f32) -> Self;
+
+    /// Writes `dst[i]` from `src[i]`; the slices are equally long.
+    fn store(src: &[f32], dst: &mut [Self]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = Self::round(s);
+        }
+    }
+}
+
+impl WinogradElement for f32 {
+    #[inline(always)]
+    fn round(v: f32) -> f32 {
+        v
+    }
+}
+
+impl WinogradElement for bf16 {
+    /// Branch-free, so loops of it vectorise.
+    #[inline(always)]
+    fn round(v: f32) -> bf16 {
+        let bits = v.to_bits();
+        let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+        let nan = ((bits >> 16) | 0x0040) as u16;
+        bf16::from_bits(if v.is_nan() { nan } else { rounded })
+    }
+}
+
+/// Weights of a `(kt, 3, 3)` convolution in the transform domain: `U_ξ` (`kt·C × O`) for
+/// each ξ, packed for the GEMM.
+pub struct WinogradWeights<E> {
+    packed: Vec<PackedRhs<E>>,
+    c_out: usize,
+    c_in: usize,
+    kt: usize,
+}
+
+impl<E> std::fmt::Debug for WinogradWeights<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WinogradWeights")
+            .field("c_out", &self.c_out)
+            .field("c_in", &self.c_in)
+            .field("kt", &self.kt)
+            .finish()
+    }
+}
+
+impl<E: WinogradElement> WinogradWeights<E> {
+    /// Transforms `weight` `(O, kt·3·3·C)` (taps outer, channels inner, as
+    /// [`crate::conv::conv3d`] takes it).
+    pub fn new(weight: &[E], c_out: usize, c_in: usize, kt: usize) -> Result<Self> {
+        check_len("winograd weight", c_out * kt * 9 * c_in, weight.len())?;
+        let k = kt * c_in;
+        let mut packed = Vec::new();
+        if k > 0 && c_out > 0 {
+            // U[ξ][o][dt·C + c], then each U_ξ packed as its transpose.
+            let mut u = vec![E::default(); XI * c_out * k];
+            let mut planes: Vec<Vec<&mut [E]>> =
+                (0..c_out).map(|_| Vec::with_capacity(XI)).collect();
+            for plane in u.chunks_mut(c_out * k) {
+                for (o, row) in plane.chunks_mut(k).enumerate() {
+                    planes[o].push(row);
+                }
+            }
+            planes
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(o, mut rows)| {
+                    let w = &weight[o * 9 * k..(o + 1) * 9 * k];
+                    for dt in 0..kt {
+                        for c in 0..c_in {
+                            let g = |dh: usize, dw: usize| {
+                                w[((dt * 3 + dh) * 3 + dw) * c_in + c].to_f32()
+                            };
+                            let t = transform_kernel([
+                                [g(0, 0), g(0, 1), g(0, 2)],
+                                [g(1, 0), g(1, 1), g(1, 2)],
+                                [g(2, 0), g(2, 1), g(2, 2)],
+                            ]);
+                            for (row, v) in rows.iter_mut().zip(t) {
+                                row[dt * c_in + c] = E::round(v);
+                            }
+                        }
+                    }
+                });
+            for plane in u.chunks(c_out * k) {
+                packed.push(PackedRhs::new(MatRef::row_major(plane, c_out, k)?.t())?);
+            }
+        }
+        Ok(Self {
+            packed,
+            c_out,
+            c_in,
+            kt,
+        })
+    }
+}
+
+/// `G g Gᵀ` with `G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]`, row-major 4×4.
+fn transform_kernel(g: [[f32; 3]; 3]) -> [f32; XI] {
+    let col = |v: [f32; 3]| {
+        [
+            v[0],
+            0.5 * (v[0] + v[1] + v[2]),
+            0.5 * (v[0] - v[1] + v[2]),
+            v[2],
+        ]
+    };
+    // Rows of G g, then each row times Gᵀ.
+    let gg: [[f32; 3]; 4] = {
+        let c = [0, 1, 2].map(|j| col([g[0][j], g[1][j], g[2][j]]));
+        [0, 1, 2, 3].map(|a| [c[0][a], c[1][a], c[2][a]])
+    };
+    let mut u = [0f32; XI];
+    for a in 0..4 {
+        let r = col(gg[a]);
+        u[a * 4..a * 4 + 4].copy_from_slice(&r);
+    }
+    u
+}
+
+/// Whether [`conv3d_winograd`] takes this shape: a 3×3 spatial kernel.
+pub fn applies(shape: &Conv3dShape) -> bool {
+    shape.kernel.1 == 3 && shape.kernel.2 == 3
+}
+
+/// `y = conv3d(x, weight) + bias` as [`crate::conv::conv3d`] computes it (stride 1, spatial
+/// zero padding `pad_hw`, `x` `(B, T, C, H, W)`, `y` `(B, T', O, H', W')`), for kernels
+/// `(kt, 3, 3)` given as [`WinogradWeights`]. The result is rounded to `E` once.
+pub fn conv3d_winograd<E: WinogradElement>(
+    x: &[E],
+    weights: &WinogradWeights<E>,
+    bias: &[f32],
+    shape: Conv3dShape,
+    y: &mut [E],
+) -> Result<()> {
+    let Conv3dShape {
+        batch,
+        t,
+        c_in,
+        h,
+        w,
+        c_out,
+        kernel: (kt, _, _),
+        pad_hw,
+    } = shape;
+    if !applies(&shape) || weights.kt != kt || weights.c_in != c_in || weights.c_out != c_out {
+        return Err(KernelError::ConvShape {
+            input: (t, h, w),
+            kernel: shape.kernel,
+        });
+    }
+    let (t_out, ho, wo) = shape.output_dims()?;
+    check_len("conv3d input", batch * t * c_in * h * w, x.len())?;
+    check_len("conv3d bias", c_out, bias.len())?;
+    check_len("conv3d output", batch * t_out * c_out * ho * wo, y.len())?;
+    if y.is_empty() {
+        return Ok(());
+    }
+    let k = kt * c_in;
+    if k == 0 {
+        for (i, plane) in y.chunks_exact_mut(ho * wo).enumerate() {
+            plane.fill(E::round(bias[i % c_out]));
+        }
+        return Ok(());
+    }
+    let tiles = Tiles {
+        rows: ho.div_ceil(2),
+        cols: wo.div_ceil(2),
+        wo,
+    };
+    let (th, tw) = (tiles.rows, tiles.cols);
+    let frames = batch * t;
+    // Bands of whole tile rows, at least two per thread so the cores stay busy.
+    let threads = rayon::current_num_threads().max(1);
+    let band_rows = (BAND_TILES / tw).clamp(1, th.div_ceil(2 * threads).max(1));
+    let bands = th.div_ceil(band_rows);
+
+    // Output rows `(item, o, oy)`, dealt to the band that writes them.
+    let mut dealt: Vec<Vec<&mut [E]>> = (0..bands).map(|_| Vec::new()).collect();
+    for (r, row) in y.chunks_exact_mut(wo).enumerate() {
+        dealt[(r % ho) / 2 / band_rows].push(row);
+    }
+    let input = Input {
+        x,
+        frames,
+        c: c_in,
+        h,
+        w,
+        pad: pad_hw,
+        tiles: &tiles,
+    };
+    let path = KernelPath::best();
+    dealt.into_par_iter().enumerate().try_for_each_init(
+        || BandScratch::<E>::new(band_rows * tw, frames, c_in, c_out, tw),
+        |scratch, (band, mut rows)| -> Result<()> {
+            let (i0, i1) = (band * band_rows, ((band + 1) * band_rows).min(th));
+            let tiles_in = (i1 - i0) * tw;
+            let rows_per_o = (2 * i1).min(ho) - 2 * i0;
+            let v = &mut scratch.v[..XI * tiles_in * frames * c_in];
+            for i in i0..i1 {
+                run_input(
+                    path,
+                    &input,
+                    i,
+                    i - i0,
+                    &mut scratch.last,
+                    &mut scratch.across,
+                    v,
+                );
+            }
+            let v = &*v;
+            let m = &mut scratch.m[..XI * tiles_in * c_out];
+            for (item, rows) in rows.chunks_exact_mut(c_out * rows_per_o).enumerate() {
+                let (bi, to) = (item / t_out, item % t_out);
+                let first = (bi * t + to) * c_in;
+                for (xi, (m_xi, u)) in m
+                    .chunks_exact_mut(tiles_in * c_out)
+                    .zip(&weights.packed)
+                    .enumerate()
+                {
+                    let start = xi * tiles_in * frames * c_in + first;
+                    let a = MatRef::new(&v[start..], tiles_in, k, frames * c_in, 1)?;
+                    gemm_prepacked_here(a, u, m_xi, false)?;
+                }
+                for i in i0..i1 {
+                    let task = OutputTask {
+                        m,
+                        band: tiles_in,
+                        first_tile: (i - i0) * tw,
+                        bias,
+                        tiles: &tiles,
+                        c_out,
+                        rows_per_o,
+                        first_row: 2 * (i - i0),
+                    };
+                    run_output(path, &task, &mut scratch.y, rows);
+                }
+            }
+            Ok(())
+        },
+    )
+}
+
+/// The output's 2×2 tiles.
+struct Tiles {
+    rows: usize,
+    cols: usize,
+    wo: usize,
+}
+
+/// Each band task's working space, reused for the bands a thread takes.
+struct BandScratch<E> {
+    /// `V[ξ][tile][frame][channel]` of the band.
+    v: Vec<E>,
+    /// Four padded input rows of one frame, channels-last, in f32.
+    last: Vec<f32>,
+    /// `d B` of those rows: `[row][b][channel]`.
+    across: Vec<f32>,
+    /// `M[ξ][tile][o]` of the band.
+    m: Vec<f32>,
+    /// One tile's four outputs for every channel.
+    y: Vec<f32>,
+}
+
+impl<E: WinogradElement> BandScratch<E> {
+    fn new(tiles: usize, frames: usize, c: usize, c_out: usize, tw: usize) -> Self {
+        Self {
+            v: vec![E::default(); XI * tiles * frames * c],
+            last: vec![0.0; 4 * (2 * tw + 2) * c],
+            across: vec![0.0; XI * c],
+            m: vec![0.0; XI * tiles * c_out],
+            y: vec![0.0; 4 * c_out],
+        }
+    }
+}
+
+/// The frames to transform, channel-first.
+struct Input<'a, E> {
+    x: &'a [E],
+    frames: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    pad: usize,
+    tiles: &'a Tiles,
+}
+
+fn run_input<E: WinogradElement>(
+    path: KernelPath,
+    input: &Input<'_, E>,
+    i: usize,
+    local: usize,
+    last: &mut [f32],
+    across: &mut [f32],
+    v: &mut [E],
+) {
+    match path {
+        #[cfg(all(target_arch = "x86_64", kiln_avx512))]
+        KernelPath::Avx512Bf16 | KernelPath::Avx512 => {
+            // SAFETY: `KernelPath::best` only returns a path the CPU supports.
+            unsafe { input_avx512(input, i, local, last, across, v) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx2Fma => {
+            // SAFETY: as above.
+            unsafe { input_avx2(input, i, local, last, across, v) }
+        }
+        _ => input_transform(input, i, local, last, across, v),
+    }
+}
+
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(all(target_arch = "x86_64", kiln_avx512))]
+#[allow(clippy::incompatible_msrv)] // compiled only on rustc >= 1.89, see build.rs
+#[target_feature(enable = "avx512f")]
+unsafe fn input_avx512<E: WinogradElement>(
+    input: &Input<'_, E>,
+    i: usize,
+    local: usize,
+    last: &mut [f32],
+    across: &mut [f32],
+    v: &mut [E],
+) {
+    input_transform(input, i, local, last, across, v)
+}
+
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn input_avx2<E: WinogradElement>(
+    input: &Input<'_, E>,
+    i: usize,
+    local: usize,
+    last: &mut [f32],
+    across: &mut [f32],
+    v: &mut [E],
+) {
+    input_transform(input, i, local, last, across, v)
+}
+
+/// `V = Bᵀ d B` for tile row `i` (the band's row `local`) of every frame, every channel at
+/// once, with `Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`. The four
+/// padded input rows are first moved channels-last into `last`; then for each tile `d B`
+/// along the rows (into `across`, `[row][b][channel]`) and `Bᵀ ·` down them, written to
+/// `v[ξ][tile][frame][channel]`.
+#[inline(always)]
+fn input_transform<E: WinogradElement>(
+    input: &Input<'_, E>,
+    i: usize,
+    local: usize,
+    last: &mut [f32],
+    across: &mut [f32],
+    v: &mut [E],
+) {
+    let Input {
+        x,
+        frames,
+        c,
+        h,
+        w,
+        pad,
+        tiles,
+    } = *input;
+    let tw = tiles.cols;
+    let cols = 2 * tw + 2;
+    let tiles_in = v.len() / (XI * frames * c).max(1);
+    // Input columns that land inside the padded row.
+    let width = w.min(cols.saturating_sub(pad));
+    for f in 0..frames {
+        last.fill(0.0);
+        for r in 0..4 {
+            let Some(sr) = (2 * i + r).checked_sub(pad).filter(|&sr| sr < h) else {
+                continue;
+            };
+            let dst = &mut last[r * cols * c..(r + 1) * cols * c];
+            for ch in 0..c {
+                let src = &x[((f * c + ch) * h + sr) * w..][..width];
+                for (col, &val) in src.iter().enumerate() {
+                    dst[(col + pad) * c + ch] = val.to_f32();
+                }
+            }
+        }
+        for j in 0..tw {
+            for r in 0..4 {
+                let base = (r * cols + 2 * j) * c;
+                let d = &last[base..base + 4 * c];
+                let (d0, d1, d2, d3) = (&d[..c], &d[c..2 * c], &d[2 * c..3 * c], &d[3 * c..]);
+                let out = &mut across[4 * r * c..4 * (r + 1) * c];
+                let (h0, rest) = out.split_at_mut(c);
+                let (h1, rest) = rest.split_at_mut(c);
+                let (h2, h3) = rest.split_at_mut(c);
+                for ch in 0..c {
+                    h0[ch] = d0[ch] - d2[ch];
+                    h1[ch] = d1[ch] + d2[ch];
+                    h2[ch] = d2[ch] - d1[ch];
+                    h3[ch] = d1[ch] - d3[ch];
+                }
+            }
+            let tile = local * tw + j;
+            let at = |xi: usize| (xi * tiles_in + tile) * frames * c + f * c;
+            for b in 0..4 {
+                let t = |r: usize| &across[(4 * r + b) * c..(4 * r + b + 1) * c];
+                let (r0, r1, r2, r3) = (t(0), t(1), t(2), t(3));
+                for (a, combine) in [
+                    (0, [1.0, 0.0, -1.0, 0.0]),
+                    (1, [0.0, 1.0, 1.0, 0.0]),
+                    (2, [0.0, -1.0, 1.0, 0.0]),
+                    (3, [0.0, 1.0, 0.0, -1.0f32]),
+                ] {
+                    let start = at(a * 4 + b);
+                    let dst = &mut v[start..start + c];
+                    for ch in 0..c {
+                        dst[ch] = E::round(
+                            combine[0] * r0[ch]
+                                + combine[1] * r1[ch]
+                                + combine[2] * r2[ch]
+                                + combine[3] * r3[ch],
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One tile row of a band to finish, for every output channel.
+struct OutputTask<'a> {
+    /// `M[ξ][tile of the band][o]`.
+    m: &'a [f32],
+    /// Tiles in the band.
+    band: usize,
+    /// The row's first tile within the band.
+    first_tile: usize,
+    bias: &'a [f32],
+    tiles: &'a Tiles,
+    c_out: usize,
+    /// Output rows per channel in the band, and this tile row's first among them.
+    rows_per_o: usize,
+    first_row: usize,
+}
+
+fn run_output<E: WinogradElement>(
+    path: KernelPath,
+    task: &OutputTask<'_>,
+    scratch: &mut [f32],
+    rows: &mut [&mut [E]],
+) {
+    match path {
+        #[cfg(all(target_arch = "x86_64", kiln_avx512))]
+        KernelPath::Avx512Bf16 | KernelPath::Avx512 => {
+            // SAFETY: `KernelPath::best` only returns a path the CPU supports.
+            unsafe { output_avx512(task, scratch, rows) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx2Fma => {
+            // SAFETY: as above.
+            unsafe { output_avx2(task, scratch, rows) }
+        }
+        _ => output_transform(task, scratch, rows),
+    }
+}
+
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(all(target_arch = "x86_64", kiln_avx512))]
+#[allow(clippy::incompatible_msrv)] // compiled only on rustc >= 1.89, see build.rs
+#[target_feature(enable = "avx512f")]
+unsafe fn output_avx512<E: WinogradElement>(
+    task: &OutputTask<'_>,
+    scratch: &mut [f32],
+    rows: &mut [&mut [E]],
+) {
+    output_transform(task, scratch, rows)
+}
+
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn output_avx2<E: WinogradElement>(
+    task: &OutputTask<'_>,
+    scratch: &mut [f32],
+    rows: &mut [&mut [E]],
+) {
+    output_transform(task, scratch, rows)
+}
+
+/// `Y = Aᵀ M A + bias` for one tile row, every channel at once, with
+/// `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]`, cropped where the last tile row or column hangs
+/// over the output. `rows` holds the band's output rows, `[o][row]`.
+#[inline(always)]
+fn output_transform<E: WinogradElement>(
+    task: &OutputTask<'_>,
+    scratch: &mut [f32],
+    rows: &mut [&mut [E]],
+) {
+    let OutputTask {
+        m,
+        band,
+        first_tile,
+        bias,
+        tiles,
+        c_out: o,
+        rows_per_o,
+        first_row,
+    } = *task;
+    let second = first_row + 1 < rows_per_o;
+    for j in 0..tiles.cols {
+        let at = |xi: usize| {
+            let start = (xi * band + first_tile + j) * o;
+            &m[start..start + o]
+        };
+        // y[r·2 + s]: rows r of Aᵀ M (down the columns), then across.
+        let (y0, rest) = scratch.split_at_mut(o);
+        let (y1, rest) = rest.split_at_mut(o);
+        let (y2, y3) = rest.split_at_mut(o);
+        y0.fill(0.0);
+        y1.fill(0.0);
+        y2.fill(0.0);
+        y3.fill(0.0);
+        for (b, (w0, w1)) in [(1.0, 0.0), (1.0, 1.0), (1.0, -1.0), (0.0, -1.0f32)]
+            .into_iter()
+            .enumerate()
+        {
+            let (m0, m1, m2, m3) = (at(b), at(4 + b), at(8 + b), at(12 + b));
+            for ch in 0..o {
+                let s0 = m0[ch] + m1[ch] + m2[ch];
+                let s1 = m1[ch] - m2[ch] - m3[ch];
+                y0[ch] += w0 * s0;
+                y1[ch] += w1 * s0;
+                y2[ch] += w0 * s1;
+                y3[ch] += w1 * s1;
+            }
+        }
+        let ox = 2 * j;
+        let pair = ox + 1 < tiles.wo;
+        for ch in 0..o {
+            let b = bias[ch];
+            let top = ch * rows_per_o + first_row;
+            rows[top][ox] = E::round(y0[ch] + b);
+            if pair {
+                rows[top][ox + 1] = E::round(y1[ch] + b);
+            }
+            if second {
+                rows[top + 1][ox] = E::round(y2[ch] + b);
+                if pair {
+                    rows[top + 1][ox + 1] = E::round(y3[ch] + b);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv::{conv3d, conv3d_bf16};
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let v = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8;
+                (v % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn shape(
+        batch: usize,
+        t: usize,
+        c_in: usize,
+        (h, w): (usize, usize),
+        c_out: usize,
+        kt: usize,
+        pad_hw: usize,
+    ) -> Conv3dShape {
+        Conv3dShape {
+            batch,
+            t,
+            c_in,
+            h,
+            w,
+            c_out,
+            kernel: (kt, 3, 3),
+            pad_hw,
+        }
+    }
+
+    /// Against the direct convolution (itself tested against the definition): f32 to
+    /// summation order, bf16 within the stated tolerance.
+    fn check(s: Conv3dShape) {
+        let (kt, _, _) = s.kernel;
+        let x = values(s.batch * s.t * s.c_in * s.h * s.w, 1);
+        let weight = values(s.c_out * kt * 9 * s.c_in, 2);
+        let bias = values(s.c_out, 3);
+        let (t_out, ho, wo) = s.output_dims().unwrap();
+        let n = s.batch * t_out * s.c_out * ho * wo;
+        let mut want = vec![0f32; n];
+        conv3d(&x, &weight, &bias, s, &mut want).unwrap();
+        let u = WinogradWeights::new(&weight, s.c_out, s.c_in, kt).unwrap();
+        let mut got = vec![f32::NAN; n];
+        conv3d_winograd(&x, &u, &bias, s, &mut got).unwrap();
+        // Sums of up to kt·9·C terms of magnitude ≤ 1.
+        let scale = (kt * 9 * s.c_in) as f32;
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 2e-6 * scale + 1e-5,
+                "{s:?} f32 at {i}: {g} vs {w}"
+            );
+        }
+
+        let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+        let wb: Vec<bf16> = weight.iter().map(|&v| bf16::from_f32(v)).collect();
+        let mut want = vec![bf16::ZERO; n];
+        conv3d_bf16(&xb, &wb, &bias, s, &mut want).unwrap();
+        let u = WinogradWeights::new(&wb, s.c_out, s.c_in, kt).unwrap();
+        let mut got = vec![bf16::ZERO; n];
+        conv3d_winograd(&xb, &u, &bias, s, &mut got).unwrap();
+        // Transformed inputs and weights are rounded to bf16 (2⁻⁹ relative) and are up to
+        // 4× (inputs) and 2.25× (weights) the size of the originals; the errors of the
+        // kt·9·C-term sum add at random, so they grow as its square root.
+        let (mut worst, mut sum_sq) = (0f32, 0f64);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let err = (g.to_f32() - w.to_f32()).abs();
+            worst = worst.max(err);
+            sum_sq += f64::from(err).powi(2);
+            assert!(
+                err <= 0.01 * scale.sqrt() + 4e-3 * w.to_f32().abs(),
+                "{s:?} bf16 at {i}: {g} vs {w}"
+            );
+        }
+        let rms = (sum_sq / n as f64).sqrt() as f32;
+        assert!(
+            rms <= 0.0025 * scale.sqrt(),
+            "{s:?} bf16 rms error {rms} (worst {worst})"
+        );
+    }
+
+    #[test]
+    fn matches_the_direct_convolution_on_odd_shapes() {
+        check(shape(1, 3, 5, (7, 9), 3, 3, 1));
+        check(shape(2, 4, 3, (5, 6), 17, 3, 1));
+        check(shape(1, 1, 4, (6, 5), 2, 1, 1));
+        // One output pixel, one output row, one output column.
+        check(shape(1, 3, 3, (1, 1), 4, 3, 1));
+        check(shape(1, 3, 3, (3, 3), 4, 3, 0));
+        check(shape(1, 3, 2, (1, 8), 3, 3, 1));
+        check(shape(1, 3, 2, (8, 1), 3, 3, 1));
+        // Padding 2 (a wider output than input).
+        check(shape(1, 1, 3, (4, 5), 2, 1, 2));
+        // Wider than one GEMM block in every direction.
+        check(shape(1, 3, 70, (9, 40), 40, 3, 1));
+    }
+
+    #[test]
+    fn empty_inputs_and_outputs() {
+        // No channels in: the output is the bias.
+        let s = shape(1, 3, 0, (4, 4), 2, 3, 1);
+        let u = WinogradWeights::<f32>::new(&[], 2, 0, 3).unwrap();
+        let mut y = vec![f32::NAN; 2 * 16];
+        conv3d_winograd(&[], &u, &[0.5, -1.0], s, &mut y).unwrap();
+        assert!(y[..16].iter().all(|&v| v == 0.5) && y[16..].iter().all(|&v| v == -1.0));
+        // An empty batch.
+        let s = shape(0, 3, 2, (4, 4), 2, 3, 1);
+        let u = WinogradWeights::<f32>::new(&[0.0; 2 * 27 * 2], 2, 2, 3).unwrap();
+        conv3d_winograd(&[], &u, &[0.0, 0.0], s, &mut []).unwrap();
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let u = WinogradWeights::<f32>::new(&[0.0; 27], 1, 1, 3).unwrap();
+        // Too few frames for the kernel.
+        let s = shape(1, 2, 1, (4, 4), 1, 3, 1);
+        let err = conv3d_winograd(&[0.0; 32], &u, &[0.0], s, &mut []).unwrap_err();
+        assert!(matches!(err, KernelError::ConvShape { .. }), "{err}");
+        // Weights made for another kernel.
+        let s = shape(1, 1, 1, (4, 4), 1, 1, 1);
+        let err = conv3d_winograd(&[0.0; 16], &u, &[0.0], s, &mut [0.0; 16]).unwrap_err();
+        assert!(matches!(err, KernelError::ConvShape { .. }), "{err}");
+        // A short input.
+        let s = shape(1, 3, 1, (4, 4), 1, 3, 1);
+        let err = conv3d_winograd(&[0.0; 47], &u, &[0.0], s, &mut [0.0; 16]).unwrap_err();
+        assert!(matches!(err, KernelError::ShapeLen { .. }), "{err}");
+        assert!(WinogradWeights::<f32>::new(&[0.0; 26], 1, 1, 3).is_err());
+    }
+}
