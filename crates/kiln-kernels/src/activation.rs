@@ -15,7 +15,7 @@ const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 /// e^x for x in [-87, 88], within 2 ulp: x = n·ln2 + r with |r| ≤ ln2/2, e^r by its
 /// degree-6 Taylor polynomial, 2^n through the exponent bits.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;

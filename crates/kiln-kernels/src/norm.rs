@@ -33,9 +33,14 @@ impl Activation for bf16 {
     fn load(self) -> f32 {
         f32::from_bits((self.to_bits() as u32) << 16)
     }
+    /// To nearest, ties to even, bit for bit as `bf16::from_f32`, but branch-free so loops
+    /// of it vectorise.
     #[inline(always)]
     fn store(v: f32) -> Self {
-        bf16::from_f32(v)
+        let bits = v.to_bits();
+        let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+        let nan = ((bits >> 16) | 0x0040) as u16;
+        bf16::from_bits(if v.is_nan() { nan } else { rounded })
     }
 }
 
@@ -169,18 +174,97 @@ pub fn channel_norm<E: Activation>(
     if frame == 0 {
         return Ok(());
     }
-    // Tasks: (frame, strip of pixels); a strip's sums stay in L1.
-    const STRIP: usize = 1024;
     let strips = plane.div_ceil(STRIP);
     let out_ptr = SharedSlice(out.as_mut_ptr());
+    let path = crate::KernelPath::best();
     (0..groups * strips).into_par_iter().for_each(|task| {
         let (g, strip) = (task / strips, task % strips);
         let start = strip * STRIP;
         let len = STRIP.min(plane - start);
         let base = g * frame + start;
+        let strip = Strip {
+            x,
+            scale,
+            plane,
+            base,
+            len,
+            silu,
+        };
+        // SAFETY: tasks cover disjoint (frame, strip) ranges of `out`, which outlives the
+        // parallel loop, and every row `base + c·plane .. + len` is inside it (checked above).
+        unsafe { strip.run(path, out_ptr) }
+    });
+    Ok(())
+}
+
+/// Tasks of [`channel_norm`] are (frame, strip of pixels); a strip's sums stay in L1.
+const STRIP: usize = 1024;
+
+/// One strip of pixels of one frame for [`channel_norm`].
+struct Strip<'a, E> {
+    x: &'a [E],
+    scale: &'a [f32],
+    plane: usize,
+    base: usize,
+    len: usize,
+    silu: bool,
+}
+
+impl<E: Activation> Strip<'_, E> {
+    /// # Safety
+    /// `out` is valid for writes at `base + c·plane .. + len` for every channel, and no
+    /// other thread touches those elements meanwhile.
+    unsafe fn run(&self, path: crate::KernelPath, out: SharedSlice<E>) {
+        match path {
+            #[cfg(all(target_arch = "x86_64", kiln_avx512))]
+            crate::KernelPath::Avx512Bf16 | crate::KernelPath::Avx512 => {
+                // SAFETY: the CPU has AVX-512F (`KernelPath::best`); the rest is the caller's.
+                unsafe { self.run_avx512(out) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            crate::KernelPath::Avx2Fma => {
+                // SAFETY: as above, with AVX2.
+                unsafe { self.run_avx2(out) }
+            }
+            // SAFETY: the caller's contract.
+            _ => unsafe { self.run_any(out) },
+        }
+    }
+
+    /// # Safety
+    /// As [`Self::run`]; the CPU has AVX-512F.
+    #[cfg(all(target_arch = "x86_64", kiln_avx512))]
+    #[allow(clippy::incompatible_msrv)] // compiled only on rustc >= 1.89, see build.rs
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run_avx512(&self, out: SharedSlice<E>) {
+        // SAFETY: forwarded.
+        unsafe { self.run_any(out) }
+    }
+
+    /// # Safety
+    /// As [`Self::run`]; the CPU has AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(&self, out: SharedSlice<E>) {
+        // SAFETY: forwarded.
+        unsafe { self.run_any(out) }
+    }
+
+    /// # Safety
+    /// As [`Self::run`].
+    #[inline(always)]
+    unsafe fn run_any(&self, out: SharedSlice<E>) {
+        let Strip {
+            x,
+            scale,
+            plane,
+            base,
+            len,
+            silu,
+        } = *self;
         let mut inv = [0f32; STRIP];
         let inv = &mut inv[..len];
-        for c in 0..channels {
+        for c in 0..scale.len() {
             let row = &x[base + c * plane..base + c * plane + len];
             for (acc, &v) in inv.iter_mut().zip(row) {
                 let v = v.load();
@@ -192,16 +276,18 @@ pub fn channel_norm<E: Activation>(
         }
         for (c, &sc) in scale.iter().enumerate() {
             let row = &x[base + c * plane..base + c * plane + len];
-            // SAFETY: tasks cover disjoint (frame, strip) ranges of `out`, which outlives the
-            // parallel loop, and `base + c·plane + len <= out.len()` was checked above.
-            let dst = unsafe { out_ptr.row(base + c * plane, len) };
+            // SAFETY: the caller's contract.
+            let dst = unsafe { out.row(base + c * plane, len) };
             for ((o, &v), &k) in dst.iter_mut().zip(row).zip(inv.iter()) {
                 let y = v.load() * k * sc;
-                *o = E::store(if silu { y / (1.0 + (-y).exp()) } else { y });
+                *o = E::store(if silu {
+                    y / (1.0 + crate::activation::exp(-y))
+                } else {
+                    y
+                });
             }
         }
-    });
-    Ok(())
+    }
 }
 
 /// A pointer to an output that parallel tasks write in disjoint rows.
@@ -282,6 +368,27 @@ fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bf16_store_is_half_rounding_bit_for_bit() {
+        let specials = [
+            0.0,
+            -0.0,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            1e-40,
+            f32::INFINITY,
+            f32::NAN,
+        ];
+        let sweep = (0..300_000u32).map(|i| f32::from_bits(i.wrapping_mul(14_316_557)));
+        for v in specials.into_iter().chain(sweep) {
+            assert_eq!(
+                <bf16 as Activation>::store(v).to_bits(),
+                bf16::from_f32(v).to_bits(),
+                "{v:e}"
+            );
+        }
+    }
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n)

@@ -37,6 +37,10 @@ pub trait WinogradElement: GemmInput + Default {
     /// `v` in this type (bf16: to nearest, ties to even, as `half::bf16::from_f32`).
     fn round(v: f32) -> Self;
 
+    /// `dst[k · dst_stride + l] = src[l · src_stride + k]` in f32 for `l, k < 16`, with
+    /// AVX-512 register transposes when `fast` (the caller checked the CPU has it).
+    fn transpose16(src: &[Self], src_stride: usize, dst: &mut [f32], dst_stride: usize, fast: bool);
+
     /// Writes `dst[i]` from `src[i]`; the slices are equally long.
     fn store(src: &[f32], dst: &mut [Self]) {
         for (d, &s) in dst.iter_mut().zip(src) {
@@ -45,10 +49,39 @@ pub trait WinogradElement: GemmInput + Default {
     }
 }
 
+/// The 16 × 16 transpose by element, with the bounds [`WinogradElement::transpose16`]
+/// promises, checked.
+#[inline(always)]
+fn transpose16_by_element<E: GemmInput>(src: &[E], ss: usize, dst: &mut [f32], ds: usize) {
+    for l in 0..16 {
+        for k in 0..16 {
+            dst[k * ds + l] = src[l * ss + k].to_f32();
+        }
+    }
+}
+
+/// Whether a 16 × 16 block fits the slices as `transpose16` reads and writes it.
+fn block_fits(src_len: usize, ss: usize, dst_len: usize, ds: usize) -> bool {
+    15 * ss + 16 <= src_len && 15 * ds + 16 <= dst_len
+}
+
 impl WinogradElement for f32 {
     #[inline(always)]
     fn round(v: f32) -> f32 {
         v
+    }
+
+    #[inline(always)]
+    fn transpose16(src: &[f32], ss: usize, dst: &mut [f32], ds: usize, fast: bool) {
+        #[cfg(all(target_arch = "x86_64", kiln_avx512))]
+        if fast && block_fits(src.len(), ss, dst.len(), ds) {
+            // SAFETY: the block is inside both slices (checked above) and `fast` means the
+            // caller runs on a CPU with AVX-512F.
+            unsafe { crate::gemm::transpose16_f32(src.as_ptr(), ss, dst.as_mut_ptr(), ds) };
+            return;
+        }
+        let _ = (fast, block_fits);
+        transpose16_by_element(src, ss, dst, ds)
     }
 }
 
@@ -60,6 +93,18 @@ impl WinogradElement for bf16 {
         let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
         let nan = ((bits >> 16) | 0x0040) as u16;
         bf16::from_bits(if v.is_nan() { nan } else { rounded })
+    }
+
+    #[inline(always)]
+    fn transpose16(src: &[bf16], ss: usize, dst: &mut [f32], ds: usize, fast: bool) {
+        #[cfg(all(target_arch = "x86_64", kiln_avx512))]
+        if fast && block_fits(src.len(), ss, dst.len(), ds) {
+            // SAFETY: as for f32.
+            unsafe { crate::gemm::transpose16_bf16(src.as_ptr(), ss, dst.as_mut_ptr(), ds) };
+            return;
+        }
+        let _ = fast;
+        transpose16_by_element(src, ss, dst, ds)
     }
 }
 
@@ -218,6 +263,7 @@ pub fn conv3d_winograd<E: WinogradElement>(
     for (r, row) in y.chunks_exact_mut(wo).enumerate() {
         dealt[(r % ho) / 2 / band_rows].push(row);
     }
+    let path = KernelPath::best();
     let input = Input {
         x,
         frames,
@@ -226,8 +272,8 @@ pub fn conv3d_winograd<E: WinogradElement>(
         w,
         pad: pad_hw,
         tiles: &tiles,
+        fast: matches!(path, KernelPath::Avx512Bf16 | KernelPath::Avx512),
     };
-    let path = KernelPath::best();
     dealt.into_par_iter().enumerate().try_for_each_init(
         || BandScratch::<E>::new(band_rows * tw, frames, c_in, c_out, tw),
         |scratch, (band, mut rows)| -> Result<()> {
@@ -235,17 +281,14 @@ pub fn conv3d_winograd<E: WinogradElement>(
             let tiles_in = (i1 - i0) * tw;
             let rows_per_o = (2 * i1).min(ho) - 2 * i0;
             let v = &mut scratch.v[..XI * tiles_in * frames * c_in];
-            for i in i0..i1 {
-                run_input(
-                    path,
-                    &input,
-                    i,
-                    i - i0,
-                    &mut scratch.last,
-                    &mut scratch.across,
-                    v,
-                );
-            }
+            run_input(
+                path,
+                &input,
+                (i0, i1),
+                &mut scratch.last,
+                &mut scratch.across,
+                v,
+            );
             let v = &*v;
             let m = &mut scratch.m[..XI * tiles_in * c_out];
             for (item, rows) in rows.chunks_exact_mut(c_out * rows_per_o).enumerate() {
@@ -290,7 +333,7 @@ struct Tiles {
 struct BandScratch<E> {
     /// `V[ξ][tile][frame][channel]` of the band.
     v: Vec<E>,
-    /// Four padded input rows of one frame, channels-last, in f32.
+    /// The band's padded input rows of one frame, channels-last, in f32.
     last: Vec<f32>,
     /// `d B` of those rows: `[row][b][channel]`.
     across: Vec<f32>,
@@ -304,7 +347,7 @@ impl<E: WinogradElement> BandScratch<E> {
     fn new(tiles: usize, frames: usize, c: usize, c_out: usize, tw: usize) -> Self {
         Self {
             v: vec![E::default(); XI * tiles * frames * c],
-            last: vec![0.0; 4 * (2 * tw + 2) * c],
+            last: vec![0.0; (2 * tiles.div_ceil(tw) + 2) * (2 * tw + 2) * c],
             across: vec![0.0; XI * c],
             m: vec![0.0; XI * tiles * c_out],
             y: vec![0.0; 4 * c_out],
@@ -321,13 +364,14 @@ struct Input<'a, E> {
     w: usize,
     pad: usize,
     tiles: &'a Tiles,
+    /// Whether the CPU has AVX-512F (for the channels-last move).
+    fast: bool,
 }
 
 fn run_input<E: WinogradElement>(
     path: KernelPath,
     input: &Input<'_, E>,
-    i: usize,
-    local: usize,
+    band: (usize, usize),
     last: &mut [f32],
     across: &mut [f32],
     v: &mut [E],
@@ -336,14 +380,14 @@ fn run_input<E: WinogradElement>(
         #[cfg(all(target_arch = "x86_64", kiln_avx512))]
         KernelPath::Avx512Bf16 | KernelPath::Avx512 => {
             // SAFETY: `KernelPath::best` only returns a path the CPU supports.
-            unsafe { input_avx512(input, i, local, last, across, v) }
+            unsafe { input_avx512(input, band, last, across, v) }
         }
         #[cfg(target_arch = "x86_64")]
         KernelPath::Avx2Fma => {
             // SAFETY: as above.
-            unsafe { input_avx2(input, i, local, last, across, v) }
+            unsafe { input_avx2(input, band, last, across, v) }
         }
-        _ => input_transform(input, i, local, last, across, v),
+        _ => input_transform(input, band, last, across, v),
     }
 }
 
@@ -354,13 +398,12 @@ fn run_input<E: WinogradElement>(
 #[target_feature(enable = "avx512f")]
 unsafe fn input_avx512<E: WinogradElement>(
     input: &Input<'_, E>,
-    i: usize,
-    local: usize,
+    band: (usize, usize),
     last: &mut [f32],
     across: &mut [f32],
     v: &mut [E],
 ) {
-    input_transform(input, i, local, last, across, v)
+    input_transform(input, band, last, across, v)
 }
 
 /// # Safety
@@ -369,25 +412,24 @@ unsafe fn input_avx512<E: WinogradElement>(
 #[target_feature(enable = "avx2")]
 unsafe fn input_avx2<E: WinogradElement>(
     input: &Input<'_, E>,
-    i: usize,
-    local: usize,
+    band: (usize, usize),
     last: &mut [f32],
     across: &mut [f32],
     v: &mut [E],
 ) {
-    input_transform(input, i, local, last, across, v)
+    input_transform(input, band, last, across, v)
 }
 
-/// `V = Bᵀ d B` for tile row `i` (the band's row `local`) of every frame, every channel at
-/// once, with `Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`. The four
-/// padded input rows are first moved channels-last into `last`; then for each tile `d B`
-/// along the rows (into `across`, `[row][b][channel]`) and `Bᵀ ·` down them, written to
+/// `V = Bᵀ d B` for the tile rows `band.0..band.1` of every frame, every channel at once,
+/// with `Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`. The band's
+/// padded input rows are first moved channels-last into `last` (once each, though
+/// neighbouring tile rows share two); then for each tile `d B` along its four rows (into
+/// `across`, `[row][b][channel]`) and `Bᵀ ·` down them, written to
 /// `v[ξ][tile][frame][channel]`.
 #[inline(always)]
 fn input_transform<E: WinogradElement>(
     input: &Input<'_, E>,
-    i: usize,
-    local: usize,
+    (i0, i1): (usize, usize),
     last: &mut [f32],
     across: &mut [f32],
     v: &mut [E],
@@ -400,62 +442,89 @@ fn input_transform<E: WinogradElement>(
         w,
         pad,
         tiles,
+        fast,
     } = *input;
     let tw = tiles.cols;
     let cols = 2 * tw + 2;
-    let tiles_in = v.len() / (XI * frames * c).max(1);
+    let tiles_in = (i1 - i0) * tw;
     // Input columns that land inside the padded row.
     let width = w.min(cols.saturating_sub(pad));
+    let band_rows = 2 * (i1 - i0) + 2;
     for f in 0..frames {
-        last.fill(0.0);
-        for r in 0..4 {
-            let Some(sr) = (2 * i + r).checked_sub(pad).filter(|&sr| sr < h) else {
+        for r in 0..band_rows {
+            let dst = &mut last[r * cols * c..(r + 1) * cols * c];
+            let Some(sr) = (2 * i0 + r).checked_sub(pad).filter(|&sr| sr < h) else {
+                dst.fill(0.0);
                 continue;
             };
-            let dst = &mut last[r * cols * c..(r + 1) * cols * c];
-            for ch in 0..c {
-                let src = &x[((f * c + ch) * h + sr) * w..][..width];
-                for (col, &val) in src.iter().enumerate() {
-                    dst[(col + pad) * c + ch] = val.to_f32();
+            dst[..pad * c].fill(0.0);
+            dst[(pad + width) * c..].fill(0.0);
+            // 16 × 16 blocks, so reads and writes both run along memory.
+            const B: usize = 16;
+            let mut block = [[0f32; B]; B];
+            for c0 in (0..c).step_by(B) {
+                let cb = B.min(c - c0);
+                for col0 in (0..width).step_by(B) {
+                    let wb = B.min(width - col0);
+                    if cb == B && wb == B {
+                        let src = &x[((f * c + c0) * h + sr) * w + col0..];
+                        let out = &mut dst[(col0 + pad) * c + c0..];
+                        E::transpose16(src, h * w, out, c, fast);
+                        continue;
+                    }
+                    for (cc, lane) in block.iter_mut().enumerate().take(cb) {
+                        let src = &x[((f * c + c0 + cc) * h + sr) * w + col0..][..wb];
+                        for (k, &val) in src.iter().enumerate() {
+                            lane[k] = val.to_f32();
+                        }
+                    }
+                    for k in 0..wb {
+                        let out = &mut dst[(col0 + k + pad) * c + c0..][..cb];
+                        for (cc, o) in out.iter_mut().enumerate() {
+                            *o = block[cc][k];
+                        }
+                    }
                 }
             }
         }
-        for j in 0..tw {
-            for r in 0..4 {
-                let base = (r * cols + 2 * j) * c;
-                let d = &last[base..base + 4 * c];
-                let (d0, d1, d2, d3) = (&d[..c], &d[c..2 * c], &d[2 * c..3 * c], &d[3 * c..]);
-                let out = &mut across[4 * r * c..4 * (r + 1) * c];
-                let (h0, rest) = out.split_at_mut(c);
-                let (h1, rest) = rest.split_at_mut(c);
-                let (h2, h3) = rest.split_at_mut(c);
-                for ch in 0..c {
-                    h0[ch] = d0[ch] - d2[ch];
-                    h1[ch] = d1[ch] + d2[ch];
-                    h2[ch] = d2[ch] - d1[ch];
-                    h3[ch] = d1[ch] - d3[ch];
-                }
-            }
-            let tile = local * tw + j;
-            let at = |xi: usize| (xi * tiles_in + tile) * frames * c + f * c;
-            for b in 0..4 {
-                let t = |r: usize| &across[(4 * r + b) * c..(4 * r + b + 1) * c];
-                let (r0, r1, r2, r3) = (t(0), t(1), t(2), t(3));
-                for (a, combine) in [
-                    (0, [1.0, 0.0, -1.0, 0.0]),
-                    (1, [0.0, 1.0, 1.0, 0.0]),
-                    (2, [0.0, -1.0, 1.0, 0.0]),
-                    (3, [0.0, 1.0, 0.0, -1.0f32]),
-                ] {
-                    let start = at(a * 4 + b);
-                    let dst = &mut v[start..start + c];
+        for li in 0..i1 - i0 {
+            for j in 0..tw {
+                for r in 0..4 {
+                    let base = ((2 * li + r) * cols + 2 * j) * c;
+                    let d = &last[base..base + 4 * c];
+                    let (d0, d1, d2, d3) = (&d[..c], &d[c..2 * c], &d[2 * c..3 * c], &d[3 * c..]);
+                    let out = &mut across[4 * r * c..4 * (r + 1) * c];
+                    let (h0, rest) = out.split_at_mut(c);
+                    let (h1, rest) = rest.split_at_mut(c);
+                    let (h2, h3) = rest.split_at_mut(c);
                     for ch in 0..c {
-                        dst[ch] = E::round(
-                            combine[0] * r0[ch]
-                                + combine[1] * r1[ch]
-                                + combine[2] * r2[ch]
-                                + combine[3] * r3[ch],
-                        );
+                        h0[ch] = d0[ch] - d2[ch];
+                        h1[ch] = d1[ch] + d2[ch];
+                        h2[ch] = d2[ch] - d1[ch];
+                        h3[ch] = d1[ch] - d3[ch];
+                    }
+                }
+                let tile = li * tw + j;
+                let at = |xi: usize| (xi * tiles_in + tile) * frames * c + f * c;
+                for b in 0..4 {
+                    let t = |r: usize| &across[(4 * r + b) * c..(4 * r + b + 1) * c];
+                    let (r0, r1, r2, r3) = (t(0), t(1), t(2), t(3));
+                    for (a, combine) in [
+                        (0, [1.0, 0.0, -1.0, 0.0]),
+                        (1, [0.0, 1.0, 1.0, 0.0]),
+                        (2, [0.0, -1.0, 1.0, 0.0]),
+                        (3, [0.0, 1.0, 0.0, -1.0f32]),
+                    ] {
+                        let start = at(a * 4 + b);
+                        let dst = &mut v[start..start + c];
+                        for ch in 0..c {
+                            dst[ch] = E::round(
+                                combine[0] * r0[ch]
+                                    + combine[1] * r1[ch]
+                                    + combine[2] * r2[ch]
+                                    + combine[3] * r3[ch],
+                            );
+                        }
                     }
                 }
             }

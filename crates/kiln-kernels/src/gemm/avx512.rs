@@ -291,6 +291,50 @@ impl WidenToF32 for bf16 {
     }
 }
 
+/// `dst[k * dst_stride + l] = src[l * src_stride + k]` widened to f32, for a 16 × 16 block:
+/// a channel-first block moved channels-last (the Winograd input transform's operand).
+///
+/// # Safety
+/// 16 elements are readable at `src + l * src_stride` and writable at
+/// `dst + k * dst_stride` for every `l, k < 16`; the CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16_widened<E: WidenToF32>(
+    src: *const E,
+    src_stride: usize,
+    dst: *mut f32,
+    dst_stride: usize,
+) {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe {
+        let mut rows = [_mm512_setzero_ps(); 16];
+        for (l, row) in rows.iter_mut().enumerate() {
+            *row = E::widen16(src.add(l * src_stride));
+        }
+        transpose16(&mut rows);
+        for (k, row) in rows.iter().enumerate() {
+            _mm512_storeu_ps(dst.add(k * dst_stride), *row);
+        }
+    }
+}
+
+/// [`transpose16_widened`] for f32.
+///
+/// # Safety
+/// As [`transpose16_widened`].
+pub(crate) unsafe fn transpose16_f32(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { transpose16_widened(src, ss, dst, ds) }
+}
+
+/// [`transpose16_widened`] for bf16.
+///
+/// # Safety
+/// As [`transpose16_widened`].
+pub(crate) unsafe fn transpose16_bf16(src: *const bf16, ss: usize, dst: *mut f32, ds: usize) {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { transpose16_widened(src, ss, dst, ds) }
+}
+
 /// Packs `blocks` transposed 16 × 16 blocks per group of 16 lanes: lane `l`, k `16b + j`
 /// comes from `load(l, 16b)` element `j` and goes to `dst[(16b + j) * width + l]`. Lanes
 /// `lanes..width` get zeros. The 16 lanes are 16 separate streams, more than the hardware

@@ -13,6 +13,8 @@ mod scalar;
 mod avx2;
 #[cfg(all(target_arch = "x86_64", kiln_avx512))]
 mod avx512;
+#[cfg(all(target_arch = "x86_64", kiln_avx512))]
+pub(crate) use avx512::{transpose16_bf16, transpose16_f32};
 
 use std::marker::PhantomData;
 
