@@ -1,11 +1,13 @@
-//! Winograd F(2×2, 3×3) convolution of channel-first frames: the 3×3 spatial taps of a
-//! stride-1 `(kt, 3, 3)` convolution with 4 multiplies per output pixel instead of 9.
+//! Winograd F(m×m, 3×3) convolution of channel-first frames: the 3×3 spatial taps of a
+//! stride-1 `(kt, 3, 3)` convolution with `(m+2)²/m²` multiplies per output pixel instead
+//! of 9 — 4 for F(2×2, 3×3), which bf16 uses, and 2.25 for F(4×4, 3×3), which f32 uses
+//! (its larger transform coefficients would cost bf16 too much precision).
 //!
-//! Each output tile of 2×2 pixels reads a 4×4 input patch `d`. With the standard
-//! transforms, `Y = Aᵀ [ Σ (G g Gᵀ) ⊙ (Bᵀ d B) ] A`, so after transforming the weights once
-//! (`U = G g Gᵀ`, 16 values per 3×3 kernel) and every input frame once (`V = Bᵀ d B`, 16
-//! values per tile), the sum over input channels and temporal taps becomes 16 independent
-//! GEMMs, one per position ξ of the 4×4 transform domain:
+//! Each output tile of m×m pixels reads an n×n input patch `d` (n = m + 2). With the
+//! standard transforms, `Y = Aᵀ [ Σ (G g Gᵀ) ⊙ (Bᵀ d B) ] A`, so after transforming the
+//! weights once (`U = G g Gᵀ`, n² values per 3×3 kernel) and every input frame once
+//! (`V = Bᵀ d B`, n² values per tile), the sum over input channels and temporal taps becomes
+//! n² independent GEMMs, one per position ξ of the n×n transform domain:
 //!
 //! `M_ξ (tiles × O) = V_ξ (tiles × kt·C) · U_ξ (kt·C × O)`
 //!
@@ -26,14 +28,85 @@ use crate::gemm::gemm_prepacked_here;
 use crate::gemm::GemmInput;
 use crate::{KernelPath, MatRef, PackedRhs};
 
-/// Positions of the 4×4 transform domain.
-const XI: usize = 16;
-
-/// Tiles per band: `M` of a band is `16 · BAND_TILES · O` f32.
+/// Tiles per band: `M` of a band is `n² · BAND_TILES · O` f32.
 const BAND_TILES: usize = 256;
+
+/// The transform matrices of one F(m×m, 3×3), row-major: `Bᵀ` (n × n), `G` (n × 3) and
+/// `Aᵀ` (m × n), n = m + 2 (Lavin & Gray, "Fast Algorithms for Convolutional Neural
+/// Networks", 2015; interpolation points 0, ±1, ±2 and ∞).
+pub struct Transforms {
+    pub m: usize,
+    bt: &'static [f32],
+    g: &'static [f32],
+    at: &'static [f32],
+}
+
+impl Transforms {
+    /// The patch side, m + 2.
+    pub fn n(&self) -> usize {
+        self.m + 2
+    }
+}
+
+/// F(2×2, 3×3): points 0, ±1, ∞.
+pub const F2: Transforms = Transforms {
+    m: 2,
+    #[rustfmt::skip]
+    bt: &[
+        1.0, 0.0, -1.0, 0.0,
+        0.0, 1.0, 1.0, 0.0,
+        0.0, -1.0, 1.0, 0.0,
+        0.0, 1.0, 0.0, -1.0,
+    ],
+    #[rustfmt::skip]
+    g: &[
+        1.0, 0.0, 0.0,
+        0.5, 0.5, 0.5,
+        0.5, -0.5, 0.5,
+        0.0, 0.0, 1.0,
+    ],
+    #[rustfmt::skip]
+    at: &[
+        1.0, 1.0, 1.0, 0.0,
+        0.0, 1.0, -1.0, -1.0,
+    ],
+};
+
+/// F(4×4, 3×3): points 0, ±1, ±2, ∞.
+pub const F4: Transforms = Transforms {
+    m: 4,
+    #[rustfmt::skip]
+    bt: &[
+        4.0, 0.0, -5.0, 0.0, 1.0, 0.0,
+        0.0, -4.0, -4.0, 1.0, 1.0, 0.0,
+        0.0, 4.0, -4.0, -1.0, 1.0, 0.0,
+        0.0, -2.0, -1.0, 2.0, 1.0, 0.0,
+        0.0, 2.0, -1.0, -2.0, 1.0, 0.0,
+        0.0, 4.0, 0.0, -5.0, 0.0, 1.0,
+    ],
+    #[rustfmt::skip]
+    g: &[
+        1.0 / 4.0, 0.0, 0.0,
+        -1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0,
+        -1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0,
+        1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0,
+        1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0,
+        0.0, 0.0, 1.0,
+    ],
+    #[rustfmt::skip]
+    at: &[
+        1.0, 1.0, 1.0, 1.0, 1.0, 0.0,
+        0.0, 1.0, -1.0, 2.0, -2.0, 0.0,
+        0.0, 1.0, 1.0, 4.0, 4.0, 0.0,
+        0.0, 1.0, -1.0, 8.0, -8.0, 1.0,
+    ],
+};
 
 /// An element type the transforms can write: f32 as is, bf16 rounded to nearest even.
 pub trait WinogradElement: GemmInput + Default {
+    /// The variant [`WinogradWeights::new`] picks for this type.
+    const TRANSFORMS: &'static Transforms;
+
     /// `v` in this type (bf16: to nearest, ties to even, as `half::bf16::from_f32`).
     fn round(v: f32) -> Self;
 
@@ -66,6 +139,8 @@ fn block_fits(src_len: usize, ss: usize, dst_len: usize, ds: usize) -> bool {
 }
 
 impl WinogradElement for f32 {
+    const TRANSFORMS: &'static Transforms = &F4;
+
     #[inline(always)]
     fn round(v: f32) -> f32 {
         v
@@ -86,6 +161,8 @@ impl WinogradElement for f32 {
 }
 
 impl WinogradElement for bf16 {
+    const TRANSFORMS: &'static Transforms = &F2;
+
     /// Branch-free, so loops of it vectorise.
     #[inline(always)]
     fn round(v: f32) -> bf16 {
@@ -111,6 +188,7 @@ impl WinogradElement for bf16 {
 /// Weights of a `(kt, 3, 3)` convolution in the transform domain: `U_ξ` (`kt·C × O`) for
 /// each ξ, packed for the GEMM.
 pub struct WinogradWeights<E> {
+    tr: &'static Transforms,
     packed: Vec<PackedRhs<E>>,
     c_out: usize,
     c_in: usize,
@@ -131,14 +209,26 @@ impl<E: WinogradElement> WinogradWeights<E> {
     /// Transforms `weight` `(O, kt·3·3·C)` (taps outer, channels inner, as
     /// [`crate::conv::conv3d`] takes it).
     pub fn new(weight: &[E], c_out: usize, c_in: usize, kt: usize) -> Result<Self> {
+        Self::with_transforms(weight, c_out, c_in, kt, E::TRANSFORMS)
+    }
+
+    /// As [`Self::new`], with a chosen variant ([`F2`] or [`F4`]).
+    pub fn with_transforms(
+        weight: &[E],
+        c_out: usize,
+        c_in: usize,
+        kt: usize,
+        tr: &'static Transforms,
+    ) -> Result<Self> {
         check_len("winograd weight", c_out * kt * 9 * c_in, weight.len())?;
         let k = kt * c_in;
+        let xi = tr.n() * tr.n();
         let mut packed = Vec::new();
         if k > 0 && c_out > 0 {
             // U[ξ][o][dt·C + c], then each U_ξ packed as its transpose.
-            let mut u = vec![E::default(); XI * c_out * k];
+            let mut u = vec![E::default(); xi * c_out * k];
             let mut planes: Vec<Vec<&mut [E]>> =
-                (0..c_out).map(|_| Vec::with_capacity(XI)).collect();
+                (0..c_out).map(|_| Vec::with_capacity(xi)).collect();
             for plane in u.chunks_mut(c_out * k) {
                 for (o, row) in plane.chunks_mut(k).enumerate() {
                     planes[o].push(row);
@@ -154,11 +244,14 @@ impl<E: WinogradElement> WinogradWeights<E> {
                             let g = |dh: usize, dw: usize| {
                                 w[((dt * 3 + dh) * 3 + dw) * c_in + c].to_f32()
                             };
-                            let t = transform_kernel([
-                                [g(0, 0), g(0, 1), g(0, 2)],
-                                [g(1, 0), g(1, 1), g(1, 2)],
-                                [g(2, 0), g(2, 1), g(2, 2)],
-                            ]);
+                            let t = transform_kernel(
+                                tr,
+                                [
+                                    [g(0, 0), g(0, 1), g(0, 2)],
+                                    [g(1, 0), g(1, 1), g(1, 2)],
+                                    [g(2, 0), g(2, 1), g(2, 2)],
+                                ],
+                            );
                             for (row, v) in rows.iter_mut().zip(t) {
                                 row[dt * c_in + c] = E::round(v);
                             }
@@ -170,6 +263,7 @@ impl<E: WinogradElement> WinogradWeights<E> {
             }
         }
         Ok(Self {
+            tr,
             packed,
             c_out,
             c_in,
@@ -178,25 +272,21 @@ impl<E: WinogradElement> WinogradWeights<E> {
     }
 }
 
-/// `G g Gᵀ` with `G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]`, row-major 4×4.
-fn transform_kernel(g: [[f32; 3]; 3]) -> [f32; XI] {
-    let col = |v: [f32; 3]| {
-        [
-            v[0],
-            0.5 * (v[0] + v[1] + v[2]),
-            0.5 * (v[0] - v[1] + v[2]),
-            v[2],
-        ]
-    };
-    // Rows of G g, then each row times Gᵀ.
-    let gg: [[f32; 3]; 4] = {
-        let c = [0, 1, 2].map(|j| col([g[0][j], g[1][j], g[2][j]]));
-        [0, 1, 2, 3].map(|a| [c[0][a], c[1][a], c[2][a]])
-    };
-    let mut u = [0f32; XI];
-    for a in 0..4 {
-        let r = col(gg[a]);
-        u[a * 4..a * 4 + 4].copy_from_slice(&r);
+/// `G g Gᵀ`, row-major n × n.
+fn transform_kernel(tr: &Transforms, g: [[f32; 3]; 3]) -> Vec<f32> {
+    let n = tr.n();
+    // G g: n × 3.
+    let mut gg = vec![0f32; n * 3];
+    for a in 0..n {
+        for j in 0..3 {
+            gg[a * 3 + j] = (0..3).map(|r| tr.g[a * 3 + r] * g[r][j]).sum();
+        }
+    }
+    let mut u = vec![0f32; n * n];
+    for a in 0..n {
+        for b in 0..n {
+            u[a * n + b] = (0..3).map(|j| gg[a * 3 + j] * tr.g[b * 3 + j]).sum();
+        }
     }
     u
 }
@@ -246,9 +336,11 @@ pub fn conv3d_winograd<E: WinogradElement>(
         }
         return Ok(());
     }
+    let tr = weights.tr;
+    let (mt, xi) = (tr.m, tr.n() * tr.n());
     let tiles = Tiles {
-        rows: ho.div_ceil(2),
-        cols: wo.div_ceil(2),
+        rows: ho.div_ceil(mt),
+        cols: wo.div_ceil(mt),
         wo,
     };
     let (th, tw) = (tiles.rows, tiles.cols);
@@ -261,7 +353,7 @@ pub fn conv3d_winograd<E: WinogradElement>(
     // Output rows `(item, o, oy)`, dealt to the band that writes them.
     let mut dealt: Vec<Vec<&mut [E]>> = (0..bands).map(|_| Vec::new()).collect();
     for (r, row) in y.chunks_exact_mut(wo).enumerate() {
-        dealt[(r % ho) / 2 / band_rows].push(row);
+        dealt[(r % ho) / mt / band_rows].push(row);
     }
     let path = KernelPath::best();
     let input = Input {
@@ -272,15 +364,16 @@ pub fn conv3d_winograd<E: WinogradElement>(
         w,
         pad: pad_hw,
         tiles: &tiles,
+        tr,
         fast: matches!(path, KernelPath::Avx512Bf16 | KernelPath::Avx512),
     };
     dealt.into_par_iter().enumerate().try_for_each_init(
-        || BandScratch::<E>::new(band_rows * tw, frames, c_in, c_out, tw),
+        || BandScratch::<E>::new(tr, band_rows * tw, frames, c_in, c_out, tw),
         |scratch, (band, mut rows)| -> Result<()> {
             let (i0, i1) = (band * band_rows, ((band + 1) * band_rows).min(th));
             let tiles_in = (i1 - i0) * tw;
-            let rows_per_o = (2 * i1).min(ho) - 2 * i0;
-            let v = &mut scratch.v[..XI * tiles_in * frames * c_in];
+            let rows_per_o = (mt * i1).min(ho) - mt * i0;
+            let v = &mut scratch.v[..xi * tiles_in * frames * c_in];
             run_input(
                 path,
                 &input,
@@ -290,16 +383,16 @@ pub fn conv3d_winograd<E: WinogradElement>(
                 v,
             );
             let v = &*v;
-            let m = &mut scratch.m[..XI * tiles_in * c_out];
+            let m = &mut scratch.m[..xi * tiles_in * c_out];
             for (item, rows) in rows.chunks_exact_mut(c_out * rows_per_o).enumerate() {
                 let (bi, to) = (item / t_out, item % t_out);
                 let first = (bi * t + to) * c_in;
-                for (xi, (m_xi, u)) in m
+                for (x_i, (m_xi, u)) in m
                     .chunks_exact_mut(tiles_in * c_out)
                     .zip(&weights.packed)
                     .enumerate()
                 {
-                    let start = xi * tiles_in * frames * c_in + first;
+                    let start = x_i * tiles_in * frames * c_in + first;
                     let a = MatRef::new(&v[start..], tiles_in, k, frames * c_in, 1)?;
                     gemm_prepacked_here(a, u, m_xi, false)?;
                 }
@@ -310,9 +403,10 @@ pub fn conv3d_winograd<E: WinogradElement>(
                         first_tile: (i - i0) * tw,
                         bias,
                         tiles: &tiles,
+                        tr,
                         c_out,
                         rows_per_o,
-                        first_row: 2 * (i - i0),
+                        first_row: mt * (i - i0),
                     };
                     run_output(path, &task, &mut scratch.y, rows);
                 }
@@ -322,7 +416,7 @@ pub fn conv3d_winograd<E: WinogradElement>(
     )
 }
 
-/// The output's 2×2 tiles.
+/// The output's m×m tiles.
 struct Tiles {
     rows: usize,
     cols: usize,
@@ -335,22 +429,30 @@ struct BandScratch<E> {
     v: Vec<E>,
     /// The band's padded input rows of one frame, channels-last, in f32.
     last: Vec<f32>,
-    /// `d B` of those rows: `[row][b][channel]`.
+    /// `d B` of one tile's rows: `[row][b][channel]`.
     across: Vec<f32>,
     /// `M[ξ][tile][o]` of the band.
     m: Vec<f32>,
-    /// One tile's four outputs for every channel.
+    /// One tile's `Aᵀ M` and outputs for every channel.
     y: Vec<f32>,
 }
 
 impl<E: WinogradElement> BandScratch<E> {
-    fn new(tiles: usize, frames: usize, c: usize, c_out: usize, tw: usize) -> Self {
+    fn new(
+        tr: &Transforms,
+        tiles: usize,
+        frames: usize,
+        c: usize,
+        c_out: usize,
+        tw: usize,
+    ) -> Self {
+        let (mt, n) = (tr.m, tr.n());
         Self {
-            v: vec![E::default(); XI * tiles * frames * c],
-            last: vec![0.0; (2 * tiles.div_ceil(tw) + 2) * (2 * tw + 2) * c],
-            across: vec![0.0; XI * c],
-            m: vec![0.0; XI * tiles * c_out],
-            y: vec![0.0; 4 * c_out],
+            v: vec![E::default(); n * n * tiles * frames * c],
+            last: vec![0.0; (mt * tiles.div_ceil(tw) + 2) * (mt * tw + 2) * c],
+            across: vec![0.0; n * n * c],
+            m: vec![0.0; n * n * tiles * c_out],
+            y: vec![0.0; (mt * n + mt * mt) * c_out],
         }
     }
 }
@@ -364,6 +466,7 @@ struct Input<'a, E> {
     w: usize,
     pad: usize,
     tiles: &'a Tiles,
+    tr: &'a Transforms,
     /// Whether the CPU has AVX-512F (for the channels-last move).
     fast: bool,
 }
@@ -420,11 +523,36 @@ unsafe fn input_avx2<E: WinogradElement>(
     input_transform(input, band, last, across, v)
 }
 
-/// `V = Bᵀ d B` for the tile rows `band.0..band.1` of every frame, every channel at once,
-/// with `Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`. The band's
-/// padded input rows are first moved channels-last into `last` (once each, though
-/// neighbouring tile rows share two); then for each tile `d B` along its four rows (into
-/// `across`, `[row][b][channel]`) and `Bᵀ ·` down them, written to
+/// `dst = Σ coef[s] · src[s]` over channel vectors, skipping zero coefficients (most of
+/// `Bᵀ` and `Aᵀ` is 0 or ±1).
+#[inline(always)]
+fn combine(coef: &[f32], src: impl Fn(usize) -> usize, data: &[f32], c: usize, dst: &mut [f32]) {
+    let mut first = true;
+    for (s, &k) in coef.iter().enumerate() {
+        if k == 0.0 {
+            continue;
+        }
+        let x = &data[src(s)..src(s) + c];
+        if first {
+            for (d, &v) in dst.iter_mut().zip(x) {
+                *d = k * v;
+            }
+            first = false;
+        } else {
+            for (d, &v) in dst.iter_mut().zip(x) {
+                *d += k * v;
+            }
+        }
+    }
+    if first {
+        dst.fill(0.0);
+    }
+}
+
+/// `V = Bᵀ d B` for the tile rows `band.0..band.1` of every frame, every channel at once.
+/// The band's padded input rows are first moved channels-last into `last` (once each,
+/// though neighbouring tile rows share two); then for each tile `d B` along its n rows
+/// (into `across`, `[row][b][channel]`) and `Bᵀ ·` down them, written to
 /// `v[ξ][tile][frame][channel]`.
 #[inline(always)]
 fn input_transform<E: WinogradElement>(
@@ -442,18 +570,21 @@ fn input_transform<E: WinogradElement>(
         w,
         pad,
         tiles,
+        tr,
         fast,
     } = *input;
+    let (mt, n) = (tr.m, tr.n());
     let tw = tiles.cols;
-    let cols = 2 * tw + 2;
+    let cols = mt * tw + 2;
     let tiles_in = (i1 - i0) * tw;
     // Input columns that land inside the padded row.
     let width = w.min(cols.saturating_sub(pad));
-    let band_rows = 2 * (i1 - i0) + 2;
+    let band_rows = mt * (i1 - i0) + 2;
+    let mut wide = vec![0f32; c];
     for f in 0..frames {
         for r in 0..band_rows {
             let dst = &mut last[r * cols * c..(r + 1) * cols * c];
-            let Some(sr) = (2 * i0 + r).checked_sub(pad).filter(|&sr| sr < h) else {
+            let Some(sr) = (mt * i0 + r).checked_sub(pad).filter(|&sr| sr < h) else {
                 dst.fill(0.0);
                 continue;
             };
@@ -489,41 +620,28 @@ fn input_transform<E: WinogradElement>(
         }
         for li in 0..i1 - i0 {
             for j in 0..tw {
-                for r in 0..4 {
-                    let base = ((2 * li + r) * cols + 2 * j) * c;
-                    let d = &last[base..base + 4 * c];
-                    let (d0, d1, d2, d3) = (&d[..c], &d[c..2 * c], &d[2 * c..3 * c], &d[3 * c..]);
-                    let out = &mut across[4 * r * c..4 * (r + 1) * c];
-                    let (h0, rest) = out.split_at_mut(c);
-                    let (h1, rest) = rest.split_at_mut(c);
-                    let (h2, h3) = rest.split_at_mut(c);
-                    for ch in 0..c {
-                        h0[ch] = d0[ch] - d2[ch];
-                        h1[ch] = d1[ch] + d2[ch];
-                        h2[ch] = d2[ch] - d1[ch];
-                        h3[ch] = d1[ch] - d3[ch];
+                // (d B)[r][b] = Σ_s d[r][s] · Bᵀ[b][s]
+                for r in 0..n {
+                    let base = ((mt * li + r) * cols + mt * j) * c;
+                    for b in 0..n {
+                        let dst = &mut across[(r * n + b) * c..(r * n + b + 1) * c];
+                        combine(&tr.bt[b * n..(b + 1) * n], |s| base + s * c, last, c, dst);
                     }
                 }
                 let tile = li * tw + j;
-                let at = |xi: usize| (xi * tiles_in + tile) * frames * c + f * c;
-                for b in 0..4 {
-                    let t = |r: usize| &across[(4 * r + b) * c..(4 * r + b + 1) * c];
-                    let (r0, r1, r2, r3) = (t(0), t(1), t(2), t(3));
-                    for (a, combine) in [
-                        (0, [1.0, 0.0, -1.0, 0.0]),
-                        (1, [0.0, 1.0, 1.0, 0.0]),
-                        (2, [0.0, -1.0, 1.0, 0.0]),
-                        (3, [0.0, 1.0, 0.0, -1.0f32]),
-                    ] {
-                        let start = at(a * 4 + b);
-                        let dst = &mut v[start..start + c];
-                        for ch in 0..c {
-                            dst[ch] = E::round(
-                                combine[0] * r0[ch]
-                                    + combine[1] * r1[ch]
-                                    + combine[2] * r2[ch]
-                                    + combine[3] * r3[ch],
-                            );
+                // V[a][b] = Σ_r Bᵀ[a][r] · (d B)[r][b]
+                for a in 0..n {
+                    for b in 0..n {
+                        combine(
+                            &tr.bt[a * n..(a + 1) * n],
+                            |r| (r * n + b) * c,
+                            across,
+                            c,
+                            &mut wide,
+                        );
+                        let start = ((a * n + b) * tiles_in + tile) * frames * c + f * c;
+                        for (d, &val) in v[start..start + c].iter_mut().zip(&wide) {
+                            *d = E::round(val);
                         }
                     }
                 }
@@ -542,6 +660,7 @@ struct OutputTask<'a> {
     first_tile: usize,
     bias: &'a [f32],
     tiles: &'a Tiles,
+    tr: &'a Transforms,
     c_out: usize,
     /// Output rows per channel in the band, and this tile row's first among them.
     rows_per_o: usize,
@@ -594,9 +713,9 @@ unsafe fn output_avx2<E: WinogradElement>(
     output_transform(task, scratch, rows)
 }
 
-/// `Y = Aᵀ M A + bias` for one tile row, every channel at once, with
-/// `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]`, cropped where the last tile row or column hangs
-/// over the output. `rows` holds the band's output rows, `[o][row]`.
+/// `Y = Aᵀ M A + bias` for one tile row, every channel at once, cropped where the last
+/// tile row or column hangs over the output. `rows` holds the band's output rows,
+/// `[o][row]`.
 #[inline(always)]
 fn output_transform<E: WinogradElement>(
     task: &OutputTask<'_>,
@@ -609,51 +728,51 @@ fn output_transform<E: WinogradElement>(
         first_tile,
         bias,
         tiles,
+        tr,
         c_out: o,
         rows_per_o,
         first_row,
     } = *task;
-    let second = first_row + 1 < rows_per_o;
+    let (mt, n) = (tr.m, tr.n());
+    let out_rows = mt.min(rows_per_o - first_row);
+    let (down, ys) = scratch.split_at_mut(mt * n * o);
     for j in 0..tiles.cols {
-        let at = |xi: usize| {
-            let start = (xi * band + first_tile + j) * o;
-            &m[start..start + o]
-        };
-        // y[r·2 + s]: rows r of Aᵀ M (down the columns), then across.
-        let (y0, rest) = scratch.split_at_mut(o);
-        let (y1, rest) = rest.split_at_mut(o);
-        let (y2, y3) = rest.split_at_mut(o);
-        y0.fill(0.0);
-        y1.fill(0.0);
-        y2.fill(0.0);
-        y3.fill(0.0);
-        for (b, (w0, w1)) in [(1.0, 0.0), (1.0, 1.0), (1.0, -1.0), (0.0, -1.0f32)]
-            .into_iter()
-            .enumerate()
-        {
-            let (m0, m1, m2, m3) = (at(b), at(4 + b), at(8 + b), at(12 + b));
-            for ch in 0..o {
-                let s0 = m0[ch] + m1[ch] + m2[ch];
-                let s1 = m1[ch] - m2[ch] - m3[ch];
-                y0[ch] += w0 * s0;
-                y1[ch] += w1 * s0;
-                y2[ch] += w0 * s1;
-                y3[ch] += w1 * s1;
+        let tile = first_tile + j;
+        // (Aᵀ M)[r][b] = Σ_a Aᵀ[r][a] · M[a][b]
+        for r in 0..mt {
+            for b in 0..n {
+                let dst = &mut down[(r * n + b) * o..(r * n + b + 1) * o];
+                combine(
+                    &tr.at[r * n..(r + 1) * n],
+                    |a| ((a * n + b) * band + tile) * o,
+                    m,
+                    o,
+                    dst,
+                );
             }
         }
-        let ox = 2 * j;
-        let pair = ox + 1 < tiles.wo;
+        // Y[r][s] = Σ_b (Aᵀ M)[r][b] · Aᵀ[s][b]
+        for r in 0..mt {
+            for s in 0..mt {
+                let dst = &mut ys[(r * mt + s) * o..(r * mt + s + 1) * o];
+                combine(
+                    &tr.at[s * n..(s + 1) * n],
+                    |b| (r * n + b) * o,
+                    down,
+                    o,
+                    dst,
+                );
+            }
+        }
+        let ox = mt * j;
+        let cols = mt.min(tiles.wo - ox);
         for ch in 0..o {
             let b = bias[ch];
             let top = ch * rows_per_o + first_row;
-            rows[top][ox] = E::round(y0[ch] + b);
-            if pair {
-                rows[top][ox + 1] = E::round(y1[ch] + b);
-            }
-            if second {
-                rows[top + 1][ox] = E::round(y2[ch] + b);
-                if pair {
-                    rows[top + 1][ox + 1] = E::round(y3[ch] + b);
+            for r in 0..out_rows {
+                let row = &mut rows[top + r][ox..ox + cols];
+                for (s, dst) in row.iter_mut().enumerate() {
+                    *dst = E::round(ys[(r * mt + s) * o + ch] + b);
                 }
             }
         }
@@ -706,16 +825,19 @@ mod tests {
         let n = s.batch * t_out * s.c_out * ho * wo;
         let mut want = vec![0f32; n];
         conv3d(&x, &weight, &bias, s, &mut want).unwrap();
-        let u = WinogradWeights::new(&weight, s.c_out, s.c_in, kt).unwrap();
-        let mut got = vec![f32::NAN; n];
-        conv3d_winograd(&x, &u, &bias, s, &mut got).unwrap();
         // Sums of up to kt·9·C terms of magnitude ≤ 1.
         let scale = (kt * 9 * s.c_in) as f32;
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (g - w).abs() <= 2e-6 * scale + 1e-5,
-                "{s:?} f32 at {i}: {g} vs {w}"
-            );
+        for tr in [&F2, &F4] {
+            let u = WinogradWeights::with_transforms(&weight, s.c_out, s.c_in, kt, tr).unwrap();
+            let mut got = vec![f32::NAN; n];
+            conv3d_winograd(&x, &u, &bias, s, &mut got).unwrap();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 2e-6 * scale + 1e-5,
+                    "{s:?} f32 F({}) at {i}: {g} vs {w}",
+                    tr.m
+                );
+            }
         }
 
         let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
