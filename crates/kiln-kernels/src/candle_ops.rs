@@ -845,8 +845,10 @@ impl WinogradConv {
         let weights = match weight.dtype() {
             DType::F32 => {
                 let w = weight.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let tr = crate::winograd::Transforms::for_f32(c_out, c_in);
                 WinogradWeights::F32(
-                    crate::winograd::WinogradWeights::new(&w, c_out, c_in, kt).map_err(wrap)?,
+                    crate::winograd::WinogradWeights::with_transforms(&w, c_out, c_in, kt, tr)
+                        .map_err(wrap)?,
                 )
             }
             DType::BF16 => {

@@ -63,6 +63,165 @@ fn rows_per_task(dim: usize) -> usize {
     (16_384 / dim.max(1)).max(1)
 }
 
+/// A task's loop, written once and compiled per vector width (see [`run_vectorised`]).
+trait VectorTask {
+    fn run(self);
+}
+
+/// Runs `task` inside a function compiled for the CPU's widest vectors, so its plain loops
+/// (inlined there) vectorise past the SSE2 baseline.
+fn run_vectorised<T: VectorTask>(path: crate::KernelPath, task: T) {
+    match path {
+        #[cfg(all(target_arch = "x86_64", kiln_avx512))]
+        crate::KernelPath::Avx512Bf16 | crate::KernelPath::Avx512 => {
+            // SAFETY: `KernelPath::best` only returns a path the CPU supports.
+            unsafe { run_avx512(task) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        crate::KernelPath::Avx2Fma => {
+            // SAFETY: as above.
+            unsafe { run_avx2(task) }
+        }
+        _ => task.run(),
+    }
+}
+
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(all(target_arch = "x86_64", kiln_avx512))]
+#[allow(clippy::incompatible_msrv)] // compiled only on rustc >= 1.89, see build.rs
+#[target_feature(enable = "avx512f")]
+unsafe fn run_avx512<T: VectorTask>(task: T) {
+    task.run()
+}
+
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2<T: VectorTask>(task: T) {
+    task.run()
+}
+
+/// Rows of [`layer_norm_affine`] for one task.
+struct LayerNormRows<'a, E> {
+    x: &'a [E],
+    out: &'a mut [E],
+    a: &'a [f32],
+    b: &'a [f32],
+    first_row: usize,
+    rows_per_group: usize,
+    dim: usize,
+    eps: f32,
+}
+
+impl<E: Activation> VectorTask for LayerNormRows<'_, E> {
+    #[inline(always)]
+    fn run(self) {
+        let LayerNormRows {
+            x,
+            out,
+            a,
+            b,
+            first_row,
+            rows_per_group,
+            dim,
+            eps,
+        } = self;
+        let mut row_f32 = vec![0f32; dim];
+        for (r, (xr, or)) in x
+            .chunks_exact(dim)
+            .zip(out.chunks_exact_mut(dim))
+            .enumerate()
+        {
+            let group = (first_row + r) / rows_per_group;
+            let (ag, bg) = (
+                &a[group * dim..(group + 1) * dim],
+                &b[group * dim..(group + 1) * dim],
+            );
+            for (f, &v) in row_f32.iter_mut().zip(xr) {
+                *f = v.load();
+            }
+            let mean = lane_sum(&row_f32, |v| v) / dim as f32;
+            let var = lane_sum(&row_f32, |v| (v - mean) * (v - mean)) / dim as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            for (((o, &v), &ai), &bi) in or.iter_mut().zip(&row_f32).zip(ag).zip(bg) {
+                *o = E::store((v - mean) * inv * ai + bi);
+            }
+        }
+    }
+}
+
+/// Rows of [`rms_norm`] for one task.
+struct RmsNormRows<'a, E> {
+    x: &'a [E],
+    out: &'a mut [E],
+    weight: &'a [f32],
+    dim: usize,
+    eps: f32,
+}
+
+impl<E: Activation> VectorTask for RmsNormRows<'_, E> {
+    #[inline(always)]
+    fn run(self) {
+        let RmsNormRows {
+            x,
+            out,
+            weight,
+            dim,
+            eps,
+        } = self;
+        let mut row_f32 = vec![0f32; dim];
+        for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+            for (f, &v) in row_f32.iter_mut().zip(xr) {
+                *f = v.load();
+            }
+            let inv = 1.0 / (lane_sum(&row_f32, |v| v * v) / dim as f32 + eps).sqrt();
+            for ((o, &v), &w) in or.iter_mut().zip(&row_f32).zip(weight) {
+                *o = E::store(v * inv * w);
+            }
+        }
+    }
+}
+
+/// Rows of [`gated_residual`] for one task.
+struct GatedRows<'a, E> {
+    x: &'a [E],
+    y: &'a [E],
+    out: &'a mut [E],
+    gate: &'a [f32],
+    first_row: usize,
+    rows_per_group: usize,
+    dim: usize,
+}
+
+impl<E: Activation> VectorTask for GatedRows<'_, E> {
+    #[inline(always)]
+    fn run(self) {
+        let GatedRows {
+            x,
+            y,
+            out,
+            gate,
+            first_row,
+            rows_per_group,
+            dim,
+        } = self;
+        for (r, ((xr, yr), or)) in x
+            .chunks_exact(dim)
+            .zip(y.chunks_exact(dim))
+            .zip(out.chunks_exact_mut(dim))
+            .enumerate()
+        {
+            let group = (first_row + r) / rows_per_group;
+            let g = &gate[group * dim..(group + 1) * dim];
+            for (((o, &xv), &yv), &gv) in or.iter_mut().zip(xr).zip(yr).zip(g) {
+                *o = E::store(xv.load() + yv.load() * gv);
+            }
+        }
+    }
+}
+
 /// `out = (x - mean) / sqrt(var + eps) · a + b` per row (biased variance, two passes, as
 /// torch's LayerNorm), with `a`, `b` of `groups · dim`. adaLN's `norm · (1 + scale) + shift`
 /// is `a = 1 + scale`, `b = shift`.
@@ -87,31 +246,22 @@ pub fn layer_norm_affine<E: Activation>(
         return Ok(());
     }
     let chunk = rows_per_task(dim) * dim;
+    let path = crate::KernelPath::best();
     x.par_chunks(chunk)
         .zip(out.par_chunks_mut(chunk))
         .enumerate()
         .for_each(|(task, (x, out))| {
-            let mut row_f32 = vec![0f32; dim];
-            for (r, (xr, or)) in x
-                .chunks_exact(dim)
-                .zip(out.chunks_exact_mut(dim))
-                .enumerate()
-            {
-                let group = (task * chunk / dim + r) / rows_per_group;
-                let (ag, bg) = (
-                    &a[group * dim..(group + 1) * dim],
-                    &b[group * dim..(group + 1) * dim],
-                );
-                for (f, &v) in row_f32.iter_mut().zip(xr) {
-                    *f = v.load();
-                }
-                let mean = lane_sum(&row_f32, |v| v) / dim as f32;
-                let var = lane_sum(&row_f32, |v| (v - mean) * (v - mean)) / dim as f32;
-                let inv = 1.0 / (var + eps).sqrt();
-                for (((o, &v), &ai), &bi) in or.iter_mut().zip(&row_f32).zip(ag).zip(bg) {
-                    *o = E::store((v - mean) * inv * ai + bi);
-                }
-            }
+            let rows = LayerNormRows {
+                x,
+                out,
+                a,
+                b,
+                first_row: task * chunk / dim,
+                rows_per_group,
+                dim,
+                eps,
+            };
+            run_vectorised(path, rows)
         });
     Ok(())
 }
@@ -137,19 +287,18 @@ pub fn rms_norm<E: Activation>(
         });
     }
     let chunk = rows_per_task(dim) * dim;
+    let path = crate::KernelPath::best();
     x.par_chunks(chunk)
         .zip(out.par_chunks_mut(chunk))
         .for_each(|(x, out)| {
-            let mut row_f32 = vec![0f32; dim];
-            for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
-                for (f, &v) in row_f32.iter_mut().zip(xr) {
-                    *f = v.load();
-                }
-                let inv = 1.0 / (lane_sum(&row_f32, |v| v * v) / dim as f32 + eps).sqrt();
-                for ((o, &v), &w) in or.iter_mut().zip(&row_f32).zip(weight) {
-                    *o = E::store(v * inv * w);
-                }
-            }
+            let rows = RmsNormRows {
+                x,
+                out,
+                weight,
+                dim,
+                eps,
+            };
+            run_vectorised(path, rows)
         });
     Ok(())
 }
@@ -189,10 +338,9 @@ pub fn channel_norm<E: Activation>(
             base,
             len,
             silu,
+            out: out_ptr,
         };
-        // SAFETY: tasks cover disjoint (frame, strip) ranges of `out`, which outlives the
-        // parallel loop, and every row `base + c·plane .. + len` is inside it (checked above).
-        unsafe { strip.run(path, out_ptr) }
+        run_vectorised(path, strip)
     });
     Ok(())
 }
@@ -200,7 +348,8 @@ pub fn channel_norm<E: Activation>(
 /// Tasks of [`channel_norm`] are (frame, strip of pixels); a strip's sums stay in L1.
 const STRIP: usize = 1024;
 
-/// One strip of pixels of one frame for [`channel_norm`].
+/// One strip of pixels of one frame for [`channel_norm`]. Made only there, where the
+/// tasks' `(base, len)` ranges of every channel row of `out` are disjoint and inside it.
 struct Strip<'a, E> {
     x: &'a [E],
     scale: &'a [f32],
@@ -208,52 +357,12 @@ struct Strip<'a, E> {
     base: usize,
     len: usize,
     silu: bool,
+    out: SharedSlice<E>,
 }
 
-impl<E: Activation> Strip<'_, E> {
-    /// # Safety
-    /// `out` is valid for writes at `base + c·plane .. + len` for every channel, and no
-    /// other thread touches those elements meanwhile.
-    unsafe fn run(&self, path: crate::KernelPath, out: SharedSlice<E>) {
-        match path {
-            #[cfg(all(target_arch = "x86_64", kiln_avx512))]
-            crate::KernelPath::Avx512Bf16 | crate::KernelPath::Avx512 => {
-                // SAFETY: the CPU has AVX-512F (`KernelPath::best`); the rest is the caller's.
-                unsafe { self.run_avx512(out) }
-            }
-            #[cfg(target_arch = "x86_64")]
-            crate::KernelPath::Avx2Fma => {
-                // SAFETY: as above, with AVX2.
-                unsafe { self.run_avx2(out) }
-            }
-            // SAFETY: the caller's contract.
-            _ => unsafe { self.run_any(out) },
-        }
-    }
-
-    /// # Safety
-    /// As [`Self::run`]; the CPU has AVX-512F.
-    #[cfg(all(target_arch = "x86_64", kiln_avx512))]
-    #[allow(clippy::incompatible_msrv)] // compiled only on rustc >= 1.89, see build.rs
-    #[target_feature(enable = "avx512f")]
-    unsafe fn run_avx512(&self, out: SharedSlice<E>) {
-        // SAFETY: forwarded.
-        unsafe { self.run_any(out) }
-    }
-
-    /// # Safety
-    /// As [`Self::run`]; the CPU has AVX2 and FMA.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_avx2(&self, out: SharedSlice<E>) {
-        // SAFETY: forwarded.
-        unsafe { self.run_any(out) }
-    }
-
-    /// # Safety
-    /// As [`Self::run`].
+impl<E: Activation> VectorTask for Strip<'_, E> {
     #[inline(always)]
-    unsafe fn run_any(&self, out: SharedSlice<E>) {
+    fn run(self) {
         let Strip {
             x,
             scale,
@@ -261,7 +370,8 @@ impl<E: Activation> Strip<'_, E> {
             base,
             len,
             silu,
-        } = *self;
+            out,
+        } = self;
         let mut inv = [0f32; STRIP];
         let inv = &mut inv[..len];
         for c in 0..scale.len() {
@@ -276,7 +386,8 @@ impl<E: Activation> Strip<'_, E> {
         }
         for (c, &sc) in scale.iter().enumerate() {
             let row = &x[base + c * plane..base + c * plane + len];
-            // SAFETY: the caller's contract.
+            // SAFETY: `channel_norm` gives each task a disjoint (frame, strip) range of
+            // `out`, which outlives the parallel loop, with `base + c·plane + len` inside it.
             let dst = unsafe { out.row(base + c * plane, len) };
             for ((o, &v), &k) in dst.iter_mut().zip(row).zip(inv.iter()) {
                 let y = v.load() * k * sc;
@@ -329,23 +440,22 @@ pub fn gated_residual<E: Activation>(
         return Ok(());
     }
     let chunk = rows_per_task(dim) * dim;
+    let path = crate::KernelPath::best();
     x.par_chunks(chunk)
         .zip(y.par_chunks(chunk))
         .zip(out.par_chunks_mut(chunk))
         .enumerate()
         .for_each(|(task, ((x, y), out))| {
-            for (r, ((xr, yr), or)) in x
-                .chunks_exact(dim)
-                .zip(y.chunks_exact(dim))
-                .zip(out.chunks_exact_mut(dim))
-                .enumerate()
-            {
-                let group = (task * chunk / dim + r) / rows_per_group;
-                let g = &gate[group * dim..(group + 1) * dim];
-                for (((o, &xv), &yv), &gv) in or.iter_mut().zip(xr).zip(yr).zip(g) {
-                    *o = E::store(xv.load() + yv.load() * gv);
-                }
-            }
+            let rows = GatedRows {
+                x,
+                y,
+                out,
+                gate,
+                first_row: task * chunk / dim,
+                rows_per_group,
+                dim,
+            };
+            run_vectorised(path, rows)
         });
     Ok(())
 }

@@ -104,7 +104,8 @@ pub const F4: Transforms = Transforms {
 
 /// An element type the transforms can write: f32 as is, bf16 rounded to nearest even.
 pub trait WinogradElement: GemmInput + Default {
-    /// The variant [`WinogradWeights::new`] picks for this type.
+    /// The variant [`WinogradWeights::new`] picks for this type (bf16: F(2×2); f32: F(4×4),
+    /// though [`Transforms::for_f32`] may pick F(2×2) to save memory).
     const TRANSFORMS: &'static Transforms;
 
     /// `v` in this type (bf16: to nearest, ties to even, as `half::bf16::from_f32`).
@@ -289,6 +290,21 @@ fn transform_kernel(tr: &Transforms, g: [[f32; 3]; 3]) -> Vec<f32> {
         }
     }
     u
+}
+
+impl Transforms {
+    /// The variant for f32 weights of `c_out × c_in` channels. F(4×4) needs fewer
+    /// multiplies but holds 36 transformed values per 3×3 kernel against F(2×2)'s 16, 4× the
+    /// plain weight, so it is kept to convolutions of at most 192 × 192 channels (in the Wan
+    /// VAE, the high-resolution stages, where most of the work is); the wider ones,
+    /// which hold most of the weight bytes, use F(2×2).
+    pub fn for_f32(c_out: usize, c_in: usize) -> &'static Transforms {
+        if c_out * c_in <= 192 * 192 {
+            &F4
+        } else {
+            &F2
+        }
+    }
 }
 
 /// Whether [`conv3d_winograd`] takes this shape: a 3×3 spatial kernel.
