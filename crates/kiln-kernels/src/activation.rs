@@ -6,7 +6,9 @@
 use half::bf16;
 use rayon::prelude::*;
 
-use crate::{f32_to_bf16, KernelError, Result};
+use crate::kernel_path::{run_vectorised, VectorTask};
+use crate::norm::Activation;
+use crate::{KernelError, KernelPath, Result};
 
 /// Elements per task: large enough to amortise the split, small enough to balance 2+ cores.
 const CHUNK: usize = 1 << 14;
@@ -56,32 +58,48 @@ fn check(len_in: usize, len_out: usize) -> Result<()> {
     Ok(())
 }
 
+/// One chunk of GELU: `out[i] = gelu(x[i])` in f32, rounded once to the output type.
+struct GeluChunk<'a, I, O> {
+    x: &'a [I],
+    out: &'a mut [O],
+}
+
+impl VectorTask for GeluChunk<'_, f32, f32> {
+    #[inline(always)]
+    fn run(self) {
+        for (o, &x) in self.out.iter_mut().zip(self.x) {
+            *o = gelu(x);
+        }
+    }
+}
+
+impl VectorTask for GeluChunk<'_, bf16, bf16> {
+    #[inline(always)]
+    fn run(self) {
+        for (o, &x) in self.out.iter_mut().zip(self.x) {
+            *o = <bf16 as Activation>::store(gelu(x.load()));
+        }
+    }
+}
+
 /// `out[i] = gelu(xs[i])`.
 pub fn gelu_tanh_f32(xs: &[f32], out: &mut [f32]) -> Result<()> {
     check(xs.len(), out.len())?;
+    let path = KernelPath::best();
     out.par_chunks_mut(CHUNK)
         .zip(xs.par_chunks(CHUNK))
-        .for_each(|(o, x)| {
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = gelu(x);
-            }
-        });
+        .for_each(|(out, x)| run_vectorised(path, GeluChunk { x, out }));
     Ok(())
 }
 
 /// `out[i] = gelu(xs[i])` computed in f32 and rounded once to bf16.
 pub fn gelu_tanh_bf16(xs: &[bf16], out: &mut [bf16]) -> Result<()> {
     check(xs.len(), out.len())?;
+    let path = KernelPath::best();
     out.par_chunks_mut(CHUNK)
         .zip(xs.par_chunks(CHUNK))
-        .try_for_each(|(o, x)| {
-            let mut wide = [0f32; CHUNK];
-            let wide = &mut wide[..x.len()];
-            for (w, &x) in wide.iter_mut().zip(x) {
-                *w = gelu(x.to_f32());
-            }
-            f32_to_bf16(wide, o)
-        })
+        .for_each(|(out, x)| run_vectorised(path, GeluChunk { x, out }));
+    Ok(())
 }
 
 #[cfg(test)]

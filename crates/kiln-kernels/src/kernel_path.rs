@@ -87,3 +87,44 @@ fn has_avx2_fma() -> bool {
 fn has_avx2_fma() -> bool {
     false
 }
+
+/// A task's loop, written once and compiled per vector width (see [`run_vectorised`]).
+pub(crate) trait VectorTask {
+    fn run(self);
+}
+
+/// Runs `task` inside a function compiled for the CPU's widest vectors, so its plain loops
+/// (inlined there: implement `run` with `#[inline(always)]`) vectorise past the SSE2
+/// baseline.
+pub(crate) fn run_vectorised<T: VectorTask>(path: KernelPath, task: T) {
+    match path {
+        #[cfg(all(target_arch = "x86_64", kiln_avx512))]
+        KernelPath::Avx512Bf16 | KernelPath::Avx512 => {
+            // SAFETY: `KernelPath::best` only returns a path the CPU supports.
+            unsafe { run_avx512(task) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx2Fma => {
+            // SAFETY: as above.
+            unsafe { run_avx2(task) }
+        }
+        _ => task.run(),
+    }
+}
+
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(all(target_arch = "x86_64", kiln_avx512))]
+#[allow(clippy::incompatible_msrv)] // compiled only on rustc >= 1.89, see build.rs
+#[target_feature(enable = "avx512f")]
+unsafe fn run_avx512<T: VectorTask>(task: T) {
+    task.run()
+}
+
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2<T: VectorTask>(task: T) {
+    task.run()
+}

@@ -10,6 +10,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use crate::error::{check_len, KernelError, Result};
+use crate::kernel_path::{run_vectorised, VectorTask};
 
 /// An activation element: f32, or bf16 computed in f32.
 pub trait Activation: Copy + Send + Sync + 'static {
@@ -61,46 +62,6 @@ impl RowShape {
 /// Rows per parallel task: enough work to amortise the task.
 fn rows_per_task(dim: usize) -> usize {
     (16_384 / dim.max(1)).max(1)
-}
-
-/// A task's loop, written once and compiled per vector width (see [`run_vectorised`]).
-trait VectorTask {
-    fn run(self);
-}
-
-/// Runs `task` inside a function compiled for the CPU's widest vectors, so its plain loops
-/// (inlined there) vectorise past the SSE2 baseline.
-fn run_vectorised<T: VectorTask>(path: crate::KernelPath, task: T) {
-    match path {
-        #[cfg(all(target_arch = "x86_64", kiln_avx512))]
-        crate::KernelPath::Avx512Bf16 | crate::KernelPath::Avx512 => {
-            // SAFETY: `KernelPath::best` only returns a path the CPU supports.
-            unsafe { run_avx512(task) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        crate::KernelPath::Avx2Fma => {
-            // SAFETY: as above.
-            unsafe { run_avx2(task) }
-        }
-        _ => task.run(),
-    }
-}
-
-/// # Safety
-/// The CPU has AVX-512F.
-#[cfg(all(target_arch = "x86_64", kiln_avx512))]
-#[allow(clippy::incompatible_msrv)] // compiled only on rustc >= 1.89, see build.rs
-#[target_feature(enable = "avx512f")]
-unsafe fn run_avx512<T: VectorTask>(task: T) {
-    task.run()
-}
-
-/// # Safety
-/// The CPU has AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn run_avx2<T: VectorTask>(task: T) {
-    task.run()
 }
 
 /// Rows of [`layer_norm_affine`] for one task.

@@ -43,28 +43,59 @@ pub fn rope_interleaved<E: Activation>(
     if plane == 0 {
         return Ok(());
     }
+    let path = crate::KernelPath::best();
     x.par_chunks(plane)
         .zip(out.par_chunks_mut(plane))
         .for_each(|(x, out)| {
-            for (l, (xr, or)) in x
-                .chunks_exact(dim)
-                .zip(out.chunks_exact_mut(dim))
-                .enumerate()
-            {
-                let (c, s) = (
-                    &cos[l * dim / 2..(l + 1) * dim / 2],
-                    &sin[l * dim / 2..(l + 1) * dim / 2],
-                );
-                for (((xp, op), &ci), &si) in
-                    xr.chunks_exact(2).zip(or.chunks_exact_mut(2)).zip(c).zip(s)
-                {
-                    let (x0, x1) = (xp[0].load(), xp[1].load());
-                    op[0] = E::store(x0 * ci - x1 * si);
-                    op[1] = E::store(x0 * si + x1 * ci);
-                }
-            }
+            let plane = RopePlane {
+                x,
+                out,
+                cos,
+                sin,
+                dim,
+            };
+            crate::kernel_path::run_vectorised(path, plane)
         });
     Ok(())
+}
+
+/// One `(len, dim)` plane of [`rope_interleaved`].
+struct RopePlane<'a, E> {
+    x: &'a [E],
+    out: &'a mut [E],
+    cos: &'a [f32],
+    sin: &'a [f32],
+    dim: usize,
+}
+
+impl<E: Activation> crate::kernel_path::VectorTask for RopePlane<'_, E> {
+    #[inline(always)]
+    fn run(self) {
+        let RopePlane {
+            x,
+            out,
+            cos,
+            sin,
+            dim,
+        } = self;
+        for (l, (xr, or)) in x
+            .chunks_exact(dim)
+            .zip(out.chunks_exact_mut(dim))
+            .enumerate()
+        {
+            let (c, s) = (
+                &cos[l * dim / 2..(l + 1) * dim / 2],
+                &sin[l * dim / 2..(l + 1) * dim / 2],
+            );
+            for (((xp, op), &ci), &si) in
+                xr.chunks_exact(2).zip(or.chunks_exact_mut(2)).zip(c).zip(s)
+            {
+                let (x0, x1) = (xp[0].load(), xp[1].load());
+                op[0] = E::store(x0 * ci - x1 * si);
+                op[1] = E::store(x0 * si + x1 * ci);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
