@@ -3,7 +3,8 @@
 //! time, with a running max and sum per query row (online softmax), so only one small score
 //! tile exists at a time instead of the Lq × Lk matrix. The tile products go through the
 //! crate's GEMM; exp is evaluated vectorised in f32. bf16 inputs are multiplied exactly and
-//! summed in f32 (softmax too), and the output is rounded to bf16 once.
+//! summed in f32 (softmax too); the softmax weights are rounded to bf16 for `p · v` (as
+//! torch's CPU flash attention does), and the output is rounded to bf16 once.
 //!
 //! [`attention`] is the candle entry: CPU f32/bf16 tensors outside autograd run the kernel,
 //! everything else the composite [`attention_composite`], which candle differentiates.
@@ -92,7 +93,7 @@ pub fn attention_f32_with(
 }
 
 /// Attention over bf16 slices on the fastest path of this CPU: products exact, sums and
-/// softmax in f32, the output rounded to bf16 once.
+/// softmax in f32, the weights rounded to bf16 for `p · v`, the output rounded once.
 pub fn attention_bf16(
     q: &[bf16],
     k: &[bf16],
