@@ -636,6 +636,50 @@ fn input_transform<E: WinogradElement>(
         }
         for li in 0..i1 - i0 {
             for j in 0..tw {
+                let tile = li * tw + j;
+                if mt == 2 {
+                    // F(2×2) written out (the general form's zero-skipping loops cost bf16's
+                    // decode about a tenth more). Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0],
+                    // [0, -1, 1, 0], [0, 1, 0, -1]]: d B along the rows, then Bᵀ · down.
+                    for r in 0..4 {
+                        let base = ((2 * li + r) * cols + 2 * j) * c;
+                        let d = &last[base..base + 4 * c];
+                        let (d0, d1, d2, d3) =
+                            (&d[..c], &d[c..2 * c], &d[2 * c..3 * c], &d[3 * c..]);
+                        let out = &mut across[4 * r * c..4 * (r + 1) * c];
+                        let (h0, rest) = out.split_at_mut(c);
+                        let (h1, rest) = rest.split_at_mut(c);
+                        let (h2, h3) = rest.split_at_mut(c);
+                        for ch in 0..c {
+                            h0[ch] = d0[ch] - d2[ch];
+                            h1[ch] = d1[ch] + d2[ch];
+                            h2[ch] = d2[ch] - d1[ch];
+                            h3[ch] = d1[ch] - d3[ch];
+                        }
+                    }
+                    let at = |xi: usize| (xi * tiles_in + tile) * frames * c + f * c;
+                    for b in 0..4 {
+                        let t = |r: usize| &across[(4 * r + b) * c..(4 * r + b + 1) * c];
+                        let (r0, r1, r2, r3) = (t(0), t(1), t(2), t(3));
+                        let dst = &mut v[at(b)..at(b) + c];
+                        for ch in 0..c {
+                            dst[ch] = E::round(r0[ch] - r2[ch]);
+                        }
+                        let dst = &mut v[at(4 + b)..at(4 + b) + c];
+                        for ch in 0..c {
+                            dst[ch] = E::round(r1[ch] + r2[ch]);
+                        }
+                        let dst = &mut v[at(8 + b)..at(8 + b) + c];
+                        for ch in 0..c {
+                            dst[ch] = E::round(r2[ch] - r1[ch]);
+                        }
+                        let dst = &mut v[at(12 + b)..at(12 + b) + c];
+                        for ch in 0..c {
+                            dst[ch] = E::round(r1[ch] - r3[ch]);
+                        }
+                    }
+                    continue;
+                }
                 // (d B)[r][b] = Σ_s d[r][s] · Bᵀ[b][s]
                 for r in 0..n {
                     let base = ((mt * li + r) * cols + mt * j) * c;
@@ -644,7 +688,6 @@ fn input_transform<E: WinogradElement>(
                         combine(&tr.bt[b * n..(b + 1) * n], |s| base + s * c, last, c, dst);
                     }
                 }
-                let tile = li * tw + j;
                 // V[a][b] = Σ_r Bᵀ[a][r] · (d B)[r][b]
                 for a in 0..n {
                     for b in 0..n {
@@ -754,6 +797,61 @@ fn output_transform<E: WinogradElement>(
     let (down, ys) = scratch.split_at_mut(mt * n * o);
     for j in 0..tiles.cols {
         let tile = first_tile + j;
+        if mt == 2 {
+            // Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]], written out; y[r·2 + s] over channels.
+            let at = |xi: usize| &m[(xi * band + tile) * o..(xi * band + tile + 1) * o];
+            let (y0, rest) = ys.split_at_mut(o);
+            let (y1, rest) = rest.split_at_mut(o);
+            let (y2, rest) = rest.split_at_mut(o);
+            let y3 = &mut rest[..o];
+            for y in [&mut *y0, &mut *y1, &mut *y2, &mut *y3] {
+                y.fill(0.0);
+            }
+            for (b, (w0, w1)) in [(1.0, 0.0), (1.0, 1.0), (1.0, -1.0), (0.0, -1.0f32)]
+                .into_iter()
+                .enumerate()
+            {
+                let (m0, m1, m2, m3) = (at(b), at(4 + b), at(8 + b), at(12 + b));
+                for ch in 0..o {
+                    let s0 = m0[ch] + m1[ch] + m2[ch];
+                    let s1 = m1[ch] - m2[ch] - m3[ch];
+                    y0[ch] += w0 * s0;
+                    y1[ch] += w1 * s0;
+                    y2[ch] += w0 * s1;
+                    y3[ch] += w1 * s1;
+                }
+            }
+        } else {
+            general_output_tile(tr, m, band, tile, o, down, ys);
+        }
+        let ox = mt * j;
+        let cols = mt.min(tiles.wo - ox);
+        for ch in 0..o {
+            let b = bias[ch];
+            let top = ch * rows_per_o + first_row;
+            for r in 0..out_rows {
+                let row = &mut rows[top + r][ox..ox + cols];
+                for (s, dst) in row.iter_mut().enumerate() {
+                    *dst = E::round(ys[(r * mt + s) * o + ch] + b);
+                }
+            }
+        }
+    }
+}
+
+/// `Aᵀ M A` of one tile for any variant, into `ys[(r·m + s)·o + channel]`.
+#[inline(always)]
+fn general_output_tile(
+    tr: &Transforms,
+    m: &[f32],
+    band: usize,
+    tile: usize,
+    o: usize,
+    down: &mut [f32],
+    ys: &mut [f32],
+) {
+    let (mt, n) = (tr.m, tr.n());
+    {
         // (Aᵀ M)[r][b] = Σ_a Aᵀ[r][a] · M[a][b]
         for r in 0..mt {
             for b in 0..n {
@@ -778,18 +876,6 @@ fn output_transform<E: WinogradElement>(
                     o,
                     dst,
                 );
-            }
-        }
-        let ox = mt * j;
-        let cols = mt.min(tiles.wo - ox);
-        for ch in 0..o {
-            let b = bias[ch];
-            let top = ch * rows_per_o + first_row;
-            for r in 0..out_rows {
-                let row = &mut rows[top + r][ox..ox + cols];
-                for (s, dst) in row.iter_mut().enumerate() {
-                    *dst = E::round(ys[(r * mt + s) * o + ch] + b);
-                }
             }
         }
     }
