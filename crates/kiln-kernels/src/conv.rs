@@ -45,6 +45,29 @@ impl Conv3dShape {
         Ok((self.t - kt + 1, hp - kh + 1, wp - kw + 1))
     }
 
+    /// `(T', H', W')` after checking the lengths of the input, bias and output slices
+    /// against the shape.
+    pub(crate) fn check_lens(
+        &self,
+        x: usize,
+        bias: usize,
+        y: usize,
+    ) -> Result<(usize, usize, usize)> {
+        let (t_out, ho, wo) = self.output_dims()?;
+        check_len(
+            "conv3d input",
+            self.batch * self.t * self.c_in * self.h * self.w,
+            x,
+        )?;
+        check_len("conv3d bias", self.c_out, bias)?;
+        check_len(
+            "conv3d output",
+            self.batch * t_out * self.c_out * ho * wo,
+            y,
+        )?;
+        Ok((t_out, ho, wo))
+    }
+
     fn taps(&self) -> usize {
         self.kernel.0 * self.kernel.1 * self.kernel.2
     }
@@ -97,12 +120,9 @@ fn conv3d_into<E: GemmInput + Default, O>(
         kernel: (kt, kh, kw),
         pad_hw,
     } = shape;
-    let (t_out, ho, wo) = shape.output_dims()?;
+    let (t_out, ho, wo) = shape.check_lens(x.len(), bias.len(), y.len())?;
     let (hp, wp) = (h + 2 * pad_hw, w + 2 * pad_hw);
-    check_len("conv3d input", batch * t * c_in * h * w, x.len())?;
     check_len("conv3d weight", c_out * shape.taps() * c_in, weight.len())?;
-    check_len("conv3d bias", c_out, bias.len())?;
-    check_len("conv3d output", batch * t_out * c_out * ho * wo, y.len())?;
     if y.is_empty() {
         return Ok(());
     }

@@ -26,6 +26,7 @@ use crate::conv::Conv3dShape;
 use crate::error::{check_len, KernelError, Result};
 use crate::gemm::gemm_prepacked_here;
 use crate::gemm::GemmInput;
+use crate::kernel_path::{run_vectorised, VectorTask};
 use crate::{KernelPath, MatRef, PackedRhs};
 
 /// Tiles per band: `M` of a band is `n² · BAND_TILES · O` f32.
@@ -338,10 +339,7 @@ pub fn conv3d_winograd<E: WinogradElement>(
             kernel: shape.kernel,
         });
     }
-    let (t_out, ho, wo) = shape.output_dims()?;
-    check_len("conv3d input", batch * t * c_in * h * w, x.len())?;
-    check_len("conv3d bias", c_out, bias.len())?;
-    check_len("conv3d output", batch * t_out * c_out * ho * wo, y.len())?;
+    let (t_out, ho, wo) = shape.check_lens(x.len(), bias.len(), y.len())?;
     if y.is_empty() {
         return Ok(());
     }
@@ -390,13 +388,15 @@ pub fn conv3d_winograd<E: WinogradElement>(
             let tiles_in = (i1 - i0) * tw;
             let rows_per_o = (mt * i1).min(ho) - mt * i0;
             let v = &mut scratch.v[..xi * tiles_in * frames * c_in];
-            run_input(
+            run_vectorised(
                 path,
-                &input,
-                (i0, i1),
-                &mut scratch.last,
-                &mut scratch.across,
-                v,
+                InputBand {
+                    input: &input,
+                    band: (i0, i1),
+                    last: &mut scratch.last,
+                    across: &mut scratch.across,
+                    v,
+                },
             );
             let v = &*v;
             let m = &mut scratch.m[..xi * tiles_in * c_out];
@@ -424,7 +424,12 @@ pub fn conv3d_winograd<E: WinogradElement>(
                         rows_per_o,
                         first_row: mt * (i - i0),
                     };
-                    run_output(path, &task, &mut scratch.y, rows);
+                    let row = OutputRow {
+                        task: &task,
+                        scratch: &mut scratch.y,
+                        rows,
+                    };
+                    run_vectorised(path, row);
                 }
             }
             Ok(())
@@ -487,56 +492,20 @@ struct Input<'a, E> {
     fast: bool,
 }
 
-fn run_input<E: WinogradElement>(
-    path: KernelPath,
-    input: &Input<'_, E>,
+/// One band's input transform, run per vector width.
+struct InputBand<'a, 'b, E> {
+    input: &'a Input<'b, E>,
     band: (usize, usize),
-    last: &mut [f32],
-    across: &mut [f32],
-    v: &mut [E],
-) {
-    match path {
-        #[cfg(all(target_arch = "x86_64", kiln_avx512))]
-        KernelPath::Avx512Bf16 | KernelPath::Avx512 => {
-            // SAFETY: `KernelPath::best` only returns a path the CPU supports.
-            unsafe { input_avx512(input, band, last, across, v) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        KernelPath::Avx2Fma => {
-            // SAFETY: as above.
-            unsafe { input_avx2(input, band, last, across, v) }
-        }
-        _ => input_transform(input, band, last, across, v),
+    last: &'a mut [f32],
+    across: &'a mut [f32],
+    v: &'a mut [E],
+}
+
+impl<E: WinogradElement> VectorTask for InputBand<'_, '_, E> {
+    #[inline(always)]
+    fn run(self) {
+        input_transform(self.input, self.band, self.last, self.across, self.v)
     }
-}
-
-/// # Safety
-/// The CPU has AVX-512F.
-#[cfg(all(target_arch = "x86_64", kiln_avx512))]
-#[allow(clippy::incompatible_msrv)] // compiled only on rustc >= 1.89, see build.rs
-#[target_feature(enable = "avx512f")]
-unsafe fn input_avx512<E: WinogradElement>(
-    input: &Input<'_, E>,
-    band: (usize, usize),
-    last: &mut [f32],
-    across: &mut [f32],
-    v: &mut [E],
-) {
-    input_transform(input, band, last, across, v)
-}
-
-/// # Safety
-/// The CPU has AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn input_avx2<E: WinogradElement>(
-    input: &Input<'_, E>,
-    band: (usize, usize),
-    last: &mut [f32],
-    across: &mut [f32],
-    v: &mut [E],
-) {
-    input_transform(input, band, last, across, v)
 }
 
 /// `dst = Σ coef[s] · src[s]` over channel vectors, skipping zero coefficients (most of
@@ -726,50 +695,18 @@ struct OutputTask<'a> {
     first_row: usize,
 }
 
-fn run_output<E: WinogradElement>(
-    path: KernelPath,
-    task: &OutputTask<'_>,
-    scratch: &mut [f32],
-    rows: &mut [&mut [E]],
-) {
-    match path {
-        #[cfg(all(target_arch = "x86_64", kiln_avx512))]
-        KernelPath::Avx512Bf16 | KernelPath::Avx512 => {
-            // SAFETY: `KernelPath::best` only returns a path the CPU supports.
-            unsafe { output_avx512(task, scratch, rows) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        KernelPath::Avx2Fma => {
-            // SAFETY: as above.
-            unsafe { output_avx2(task, scratch, rows) }
-        }
-        _ => output_transform(task, scratch, rows),
+/// One tile row's output transform, run per vector width.
+struct OutputRow<'a, 'b, 'c, E> {
+    task: &'a OutputTask<'b>,
+    scratch: &'a mut [f32],
+    rows: &'a mut [&'c mut [E]],
+}
+
+impl<E: WinogradElement> VectorTask for OutputRow<'_, '_, '_, E> {
+    #[inline(always)]
+    fn run(self) {
+        output_transform(self.task, self.scratch, self.rows)
     }
-}
-
-/// # Safety
-/// The CPU has AVX-512F.
-#[cfg(all(target_arch = "x86_64", kiln_avx512))]
-#[allow(clippy::incompatible_msrv)] // compiled only on rustc >= 1.89, see build.rs
-#[target_feature(enable = "avx512f")]
-unsafe fn output_avx512<E: WinogradElement>(
-    task: &OutputTask<'_>,
-    scratch: &mut [f32],
-    rows: &mut [&mut [E]],
-) {
-    output_transform(task, scratch, rows)
-}
-
-/// # Safety
-/// The CPU has AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn output_avx2<E: WinogradElement>(
-    task: &OutputTask<'_>,
-    scratch: &mut [f32],
-    rows: &mut [&mut [E]],
-) {
-    output_transform(task, scratch, rows)
 }
 
 /// `Y = Aᵀ M A + bias` for one tile row, every channel at once, cropped where the last
