@@ -66,12 +66,19 @@ unsafe fn round_avx2(src: &[f32], dst: &mut [bf16]) {
 #[inline(always)]
 fn round_slice(src: &[f32], dst: &mut [bf16]) {
     for (d, &s) in dst.iter_mut().zip(src) {
-        let bits = s.to_bits();
-        let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
-        // A NaN keeps its sign and upper payload, made quiet.
-        let nan = ((bits >> 16) | 0x0040) as u16;
-        *d = bf16::from_bits(if s.is_nan() { nan } else { rounded });
+        *d = round_bf16(s);
     }
+}
+
+/// One f32 to bf16, to nearest with ties to even (NaN stays NaN, made quiet), bit for bit
+/// as `half::bf16::from_f32`; branch-free, so loops of it vectorise.
+#[inline(always)]
+pub(crate) fn round_bf16(v: f32) -> bf16 {
+    let bits = v.to_bits();
+    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+    // A NaN keeps its sign and upper payload, made quiet.
+    let nan = ((bits >> 16) | 0x0040) as u16;
+    bf16::from_bits(if v.is_nan() { nan } else { rounded })
 }
 
 #[cfg(test)]

@@ -38,10 +38,7 @@ impl Activation for bf16 {
     /// of it vectorise.
     #[inline(always)]
     fn store(v: f32) -> Self {
-        let bits = v.to_bits();
-        let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
-        let nan = ((bits >> 16) | 0x0040) as u16;
-        bf16::from_bits(if v.is_nan() { nan } else { rounded })
+        crate::convert::round_bf16(v)
     }
 }
 

@@ -168,10 +168,7 @@ impl WinogradElement for bf16 {
     /// Branch-free, so loops of it vectorise.
     #[inline(always)]
     fn round(v: f32) -> bf16 {
-        let bits = v.to_bits();
-        let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
-        let nan = ((bits >> 16) | 0x0040) as u16;
-        bf16::from_bits(if v.is_nan() { nan } else { rounded })
+        crate::convert::round_bf16(v)
     }
 
     #[inline(always)]
@@ -565,7 +562,8 @@ fn input_transform<E: WinogradElement>(
     // Input columns that land inside the padded row.
     let width = w.min(cols.saturating_sub(pad));
     let band_rows = mt * (i1 - i0) + 2;
-    let mut wide = vec![0f32; c];
+    // The general form's one V row before rounding (F(2×2) writes V directly).
+    let mut wide = if mt == 2 { Vec::new() } else { vec![0f32; c] };
     for f in 0..frames {
         for r in 0..band_rows {
             let dst = &mut last[r * cols * c..(r + 1) * cols * c];
