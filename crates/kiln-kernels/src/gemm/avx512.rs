@@ -426,8 +426,8 @@ fn column_mask(cols: usize, v: usize) -> __mmask16 {
 /// # Safety
 /// As `MicroKernel::tile`; the CPU has AVX-512F.
 #[target_feature(enable = "avx512f")]
-unsafe fn store_tile(
-    acc: &[[__m512; NV]; MR],
+unsafe fn store_tile<const W: usize>(
+    acc: &[[__m512; W]; MR],
     c: *mut f32,
     ldc: usize,
     rows: usize,
@@ -486,10 +486,39 @@ unsafe fn tile_f32(
     cols: usize,
     accumulate: bool,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-    let split = kp.saturating_sub(C_PREFETCH_STEPS);
-    // SAFETY: forwarded from the caller's contract; both ranges lie in 0..kp.
+    // SAFETY: forwarded from the caller's contract.
     unsafe {
+        match cols.div_ceil(16) {
+            1 => tile_f32_w::<1>(kp, a, b, c, ldc, rows, cols, accumulate),
+            2 => tile_f32_w::<2>(kp, a, b, c, ldc, rows, cols, accumulate),
+            3 => tile_f32_w::<3>(kp, a, b, c, ldc, rows, cols, accumulate),
+            _ => tile_f32_w::<NV>(kp, a, b, c, ldc, rows, cols, accumulate),
+        }
+    }
+}
+
+/// [`tile_f32`] on the first `W` vectors of the panel: a narrow last panel (96 or 3 output
+/// channels in the VAE) would otherwise spend whole multiplies on its zero lanes.
+///
+/// # Safety
+/// As `MicroKernel::tile` with `cols <= 16 W`; the CPU has AVX-512F.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_f32_w<const W: usize>(
+    kp: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    let split = kp.saturating_sub(C_PREFETCH_STEPS);
+    // SAFETY: forwarded from the caller's contract (which includes the CPU features); both
+    // ranges lie in 0..kp.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); W]; MR];
         f32_steps(&mut acc, a, b, 0..split);
         prefetch_c_tile(c, ldc, rows, cols);
         f32_steps(&mut acc, a, b, split..kp);
@@ -502,8 +531,8 @@ unsafe fn tile_f32(
 /// # Safety
 /// Every step in `steps` is inside the packed panels; the CPU has AVX-512F.
 #[inline(always)]
-unsafe fn f32_steps(
-    acc: &mut [[__m512; NV]; MR],
+unsafe fn f32_steps<const W: usize>(
+    acc: &mut [[__m512; W]; MR],
     a: *const f32,
     b: *const f32,
     steps: std::ops::Range<usize>,
@@ -512,7 +541,7 @@ unsafe fn f32_steps(
         // SAFETY: step `p` of the packed panels holds MR values of A and NR of B.
         unsafe {
             let b_p = b.add(p * NR);
-            let mut b_vecs = [_mm512_setzero_ps(); NV];
+            let mut b_vecs = [_mm512_setzero_ps(); W];
             for (v, b_v) in b_vecs.iter_mut().enumerate() {
                 *b_v = _mm512_loadu_ps(b_p.add(16 * v));
             }
@@ -540,10 +569,38 @@ unsafe fn tile_bf16_pairs(
     cols: usize,
     accumulate: bool,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-    let split = kp.saturating_sub(C_PREFETCH_STEPS);
-    // SAFETY: forwarded from the caller's contract; both ranges lie in 0..kp.
+    // SAFETY: forwarded from the caller's contract.
     unsafe {
+        match cols.div_ceil(16) {
+            1 => tile_bf16_pairs_w::<1>(kp, a, b, c, ldc, rows, cols, accumulate),
+            2 => tile_bf16_pairs_w::<2>(kp, a, b, c, ldc, rows, cols, accumulate),
+            3 => tile_bf16_pairs_w::<3>(kp, a, b, c, ldc, rows, cols, accumulate),
+            _ => tile_bf16_pairs_w::<NV>(kp, a, b, c, ldc, rows, cols, accumulate),
+        }
+    }
+}
+
+/// [`tile_bf16_pairs`] on the first `W` vectors of the panel, as [`tile_f32_w`].
+///
+/// # Safety
+/// As `MicroKernel::tile` with `cols <= 16 W`; the CPU has AVX-512F and AVX512-BF16.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_bf16_pairs_w<const W: usize>(
+    kp: usize,
+    a: *const u32,
+    b: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    let split = kp.saturating_sub(C_PREFETCH_STEPS);
+    // SAFETY: forwarded from the caller's contract (which includes the CPU features); both
+    // ranges lie in 0..kp.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); W]; MR];
         bf16_pair_steps(&mut acc, a, b, 0..split);
         prefetch_c_tile(c, ldc, rows, cols);
         bf16_pair_steps(&mut acc, a, b, split..kp);
@@ -557,8 +614,8 @@ unsafe fn tile_bf16_pairs(
 /// Every step in `steps` is inside the packed panels; the CPU has AVX-512F and
 /// AVX512-BF16.
 #[inline(always)]
-unsafe fn bf16_pair_steps(
-    acc: &mut [[__m512; NV]; MR],
+unsafe fn bf16_pair_steps<const W: usize>(
+    acc: &mut [[__m512; W]; MR],
     a: *const u32,
     b: *const u32,
     steps: std::ops::Range<usize>,
@@ -568,7 +625,7 @@ unsafe fn bf16_pair_steps(
         // `__m512i` and `__m512bh` are both 64 bytes of plain bits.
         unsafe {
             let b_p = b.add(p * NR);
-            let mut b_vecs = [std::mem::transmute::<__m512, __m512bh>(_mm512_setzero_ps()); NV];
+            let mut b_vecs = [std::mem::transmute::<__m512, __m512bh>(_mm512_setzero_ps()); W];
             for (v, b_v) in b_vecs.iter_mut().enumerate() {
                 *b_v = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_epi32(
                     b_p.add(16 * v).cast(),
