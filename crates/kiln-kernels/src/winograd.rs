@@ -19,6 +19,9 @@
 //! on the crate's kernels (bf16 products are exact and summed in f32). In bf16 the
 //! transformed inputs and weights are rounded to bf16 once each, which the tests bound.
 
+use std::any::Any;
+use std::cell::RefCell;
+
 use half::bf16;
 use rayon::prelude::*;
 
@@ -378,60 +381,63 @@ pub fn conv3d_winograd<E: WinogradElement>(
         tr,
         fast: matches!(path, KernelPath::Avx512Bf16 | KernelPath::Avx512),
     };
-    dealt.into_par_iter().enumerate().try_for_each_init(
-        || BandScratch::<E>::new(tr, band_rows * tw, frames, c_in, c_out, tw),
-        |scratch, (band, mut rows)| -> Result<()> {
-            let (i0, i1) = (band * band_rows, ((band + 1) * band_rows).min(th));
-            let tiles_in = (i1 - i0) * tw;
-            let rows_per_o = (mt * i1).min(ho) - mt * i0;
-            let v = &mut scratch.v[..xi * tiles_in * frames * c_in];
-            run_vectorised(
-                path,
-                InputBand {
-                    input: &input,
-                    band: (i0, i1),
-                    last: &mut scratch.last,
-                    across: &mut scratch.across,
-                    v,
-                },
-            );
-            let v = &*v;
-            let m = &mut scratch.m[..xi * tiles_in * c_out];
-            for (item, rows) in rows.chunks_exact_mut(c_out * rows_per_o).enumerate() {
-                let (bi, to) = (item / t_out, item % t_out);
-                let first = (bi * t + to) * c_in;
-                for (x_i, (m_xi, u)) in m
-                    .chunks_exact_mut(tiles_in * c_out)
-                    .zip(&weights.packed)
-                    .enumerate()
-                {
-                    let start = x_i * tiles_in * frames * c_in + first;
-                    let a = MatRef::new(&v[start..], tiles_in, k, frames * c_in, 1)?;
-                    gemm_prepacked_here(a, u, m_xi, false)?;
+    dealt
+        .into_par_iter()
+        .enumerate()
+        .try_for_each(|(band, mut rows)| {
+            with_band_scratch(|scratch: &mut BandScratch<E>| -> Result<()> {
+                scratch.fit(tr, band_rows * tw, frames, c_in, c_out, tw);
+                let (i0, i1) = (band * band_rows, ((band + 1) * band_rows).min(th));
+                let tiles_in = (i1 - i0) * tw;
+                let rows_per_o = (mt * i1).min(ho) - mt * i0;
+                let v = &mut scratch.v[..xi * tiles_in * frames * c_in];
+                run_vectorised(
+                    path,
+                    InputBand {
+                        input: &input,
+                        band: (i0, i1),
+                        last: &mut scratch.last,
+                        across: &mut scratch.across,
+                        v,
+                    },
+                );
+                let v = &*v;
+                let m = &mut scratch.m[..xi * tiles_in * c_out];
+                for (item, rows) in rows.chunks_exact_mut(c_out * rows_per_o).enumerate() {
+                    let (bi, to) = (item / t_out, item % t_out);
+                    let first = (bi * t + to) * c_in;
+                    for (x_i, (m_xi, u)) in m
+                        .chunks_exact_mut(tiles_in * c_out)
+                        .zip(&weights.packed)
+                        .enumerate()
+                    {
+                        let start = x_i * tiles_in * frames * c_in + first;
+                        let a = MatRef::new(&v[start..], tiles_in, k, frames * c_in, 1)?;
+                        gemm_prepacked_here(a, u, m_xi, false)?;
+                    }
+                    for i in i0..i1 {
+                        let task = OutputTask {
+                            m,
+                            band: tiles_in,
+                            first_tile: (i - i0) * tw,
+                            bias,
+                            tiles: &tiles,
+                            tr,
+                            c_out,
+                            rows_per_o,
+                            first_row: mt * (i - i0),
+                        };
+                        let row = OutputRow {
+                            task: &task,
+                            scratch: &mut scratch.y,
+                            rows,
+                        };
+                        run_vectorised(path, row);
+                    }
                 }
-                for i in i0..i1 {
-                    let task = OutputTask {
-                        m,
-                        band: tiles_in,
-                        first_tile: (i - i0) * tw,
-                        bias,
-                        tiles: &tiles,
-                        tr,
-                        c_out,
-                        rows_per_o,
-                        first_row: mt * (i - i0),
-                    };
-                    let row = OutputRow {
-                        task: &task,
-                        scratch: &mut scratch.y,
-                        rows,
-                    };
-                    run_vectorised(path, row);
-                }
-            }
-            Ok(())
-        },
-    )
+                Ok(())
+            })
+        })
 }
 
 /// The output's m×m tiles.
@@ -456,23 +462,72 @@ struct BandScratch<E> {
 }
 
 impl<E: WinogradElement> BandScratch<E> {
-    fn new(
+    /// Grows the buffers to a band of `tiles` tiles (never shrinks them): every element a
+    /// band reads is written by it first, so old contents are harmless.
+    fn fit(
+        &mut self,
         tr: &Transforms,
         tiles: usize,
         frames: usize,
         c: usize,
         c_out: usize,
         tw: usize,
-    ) -> Self {
+    ) {
+        fn at_least<T: Copy>(buf: &mut Vec<T>, len: usize, zero: T) {
+            if buf.len() < len {
+                buf.resize(len, zero);
+            }
+        }
         let (mt, n) = (tr.m, tr.n());
+        at_least(&mut self.v, n * n * tiles * frames * c, E::default());
+        at_least(
+            &mut self.last,
+            (mt * tiles.div_ceil(tw) + 2) * (mt * tw + 2) * c,
+            0.0,
+        );
+        at_least(&mut self.across, n * n * c, 0.0);
+        at_least(&mut self.m, n * n * tiles * c_out, 0.0);
+        at_least(&mut self.y, (mt * n + mt * mt) * c_out, 0.0);
+    }
+}
+
+impl<E> Default for BandScratch<E> {
+    fn default() -> Self {
         Self {
-            v: vec![E::default(); n * n * tiles * frames * c],
-            last: vec![0.0; (mt * tiles.div_ceil(tw) + 2) * (mt * tw + 2) * c],
-            across: vec![0.0; n * n * c],
-            m: vec![0.0; n * n * tiles * c_out],
-            y: vec![0.0; (mt * n + mt * mt) * c_out],
+            v: Vec::new(),
+            last: Vec::new(),
+            across: Vec::new(),
+            m: Vec::new(),
+            y: Vec::new(),
         }
     }
+}
+
+thread_local! {
+    /// Each thread's band scratch, one per element type, kept between convolutions: a
+    /// decode runs hundreds of them, and fresh zeroed buffers for every band had cost a
+    /// few percent of it in memset and page faults.
+    static BAND_SCRATCH: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Lends this thread's scratch for `E` (a nested call, should one happen, gets its own).
+fn with_band_scratch<E: 'static, R>(f: impl FnOnce(&mut BandScratch<E>) -> R) -> R {
+    BAND_SCRATCH.with(|cell| {
+        let Ok(mut kept) = cell.try_borrow_mut() else {
+            return f(&mut BandScratch::default());
+        };
+        let slot = match kept.iter().position(|b| b.is::<BandScratch<E>>()) {
+            Some(i) => i,
+            None => {
+                kept.push(Box::new(BandScratch::<E>::default()));
+                kept.len() - 1
+            }
+        };
+        match kept[slot].downcast_mut::<BandScratch<E>>() {
+            Some(scratch) => f(scratch),
+            None => f(&mut BandScratch::default()),
+        }
+    })
 }
 
 /// The frames to transform, channel-first.
