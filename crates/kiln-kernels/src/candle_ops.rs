@@ -784,11 +784,8 @@ impl candle_core::CustomOp1 for PackedLinear {
             (CpuStorage::BF16(x), PackedWeight::Bf16(w)) => {
                 let a =
                     crate::MatRef::row_major(&x[start..end], rows, self.in_dim).map_err(wrap)?;
-                let mut rounded = vec![bf16::ZERO; rows * self.out_dim];
-                with_f32_scratch(rounded.len(), |c| {
-                    fill(c);
-                    crate::gemm_prepacked(a, w, c, true).map_err(wrap)?;
-                    f32_to_bf16(c, &mut rounded).map_err(wrap)
+                let rounded = with_f32_scratch(rows * self.out_dim, |c| {
+                    crate::gemm_prepacked_bf16(a, w, self.bias.as_deref(), c).map_err(wrap)
                 })?;
                 CpuStorage::BF16(rounded)
             }

@@ -9,8 +9,8 @@
 
 use half::bf16;
 use kiln_kernels::{
-    gemm, gemm_batched_with, gemm_prepacked, gemm_with, BatchRef, GemmInput, KernelError,
-    KernelPath, MatRef, PackedRhs,
+    gemm, gemm_batched_with, gemm_prepacked, gemm_prepacked_bf16, gemm_with, BatchRef, GemmInput,
+    KernelError, KernelPath, MatRef, PackedRhs,
 };
 
 /// Deterministic values in [-1, 1) from a 64-bit LCG (no dependency on `rand`).
@@ -352,4 +352,58 @@ fn best_path_is_supported_and_listed() {
     assert!(best.is_supported());
     assert_eq!(KernelPath::supported().first(), Some(&best));
     eprintln!("best kernel path on this machine: {best:?}");
+}
+
+/// The bf16 linear form rounds each finished tile with its bias: bit for bit the f32
+/// product, plus the bias, rounded by `half`, on every path, with and without a bias, on
+/// shapes that leave partial tiles and several depth blocks.
+#[test]
+fn bf16_prepacked_rounded_equals_product_plus_bias_rounded() {
+    for path in KernelPath::supported() {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (17, 33, 65),
+            (400, 77, 530),
+            (13, 130, 1100),
+            (320, 200, 1536),
+            (5, 0, 3),
+            (0, 4, 3),
+            (4, 6, 0),
+        ] {
+            let a_vals: Vec<bf16> = values(m * k, 7).into_iter().map(bf16::from_f32).collect();
+            let b_vals: Vec<bf16> = values(k * n, 8).into_iter().map(bf16::from_f32).collect();
+            let bias = values(n, 9);
+            let a = MatRef::row_major(&a_vals, m, k).unwrap();
+            let packed =
+                PackedRhs::with_path(path, MatRef::row_major(&b_vals, k, n).unwrap()).unwrap();
+            let mut sums = vec![0f32; m * n];
+            gemm_prepacked(a, &packed, &mut sums, false).unwrap();
+            for with_bias in [false, true] {
+                let b = with_bias.then_some(&bias[..]);
+                let expected: Vec<bf16> = sums
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &s)| bf16::from_f32(s + b.map_or(0.0, |b| b[i % n.max(1)])))
+                    .collect();
+                let mut scratch = values(m * n, 10);
+                let got = gemm_prepacked_bf16(a, &packed, b, &mut scratch).unwrap();
+                assert_eq!(
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    expected.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{path:?} {m}x{n}x{k} bias {with_bias}"
+                );
+            }
+            assert!(
+                gemm_prepacked_bf16(
+                    a,
+                    &packed,
+                    Some(&bias[..n.saturating_sub(1)]),
+                    &mut vec![0.0; m * n]
+                )
+                .is_err()
+                    || n == 0
+            );
+            assert!(gemm_prepacked_bf16(a, &packed, None, &mut vec![0.0; m * n + 1]).is_err());
+        }
+    }
 }

@@ -23,6 +23,70 @@ pub struct Problem<'a, E> {
     /// over the cores (many small products), where splitting each one costs more than it
     /// gains.
     pub this_thread: bool,
+    /// Where each finished tile of C is also written rounded to bf16 (see [`RoundTiles`]).
+    pub round: Option<RoundTiles<'a>>,
+}
+
+/// A bf16 copy of C written tile by tile as each tile becomes final (after its last depth
+/// block), with a bias added, while the tile is still in L1. The bf16 linear layers used
+/// to fill C with the bias first and round all of it in a pass afterwards: two more trips
+/// through memory for every output.
+#[derive(Clone, Copy)]
+pub struct RoundTiles<'a> {
+    /// `items · m × n`, row-major like C; written only here, each element once.
+    pub out: SharedBf16,
+    /// `n` values added to every row, or none.
+    pub bias: Option<&'a [f32]>,
+    pub path: crate::KernelPath,
+}
+
+/// The bf16 output of [`RoundTiles`]; jobs write disjoint tiles of it.
+#[derive(Clone, Copy)]
+pub struct SharedBf16(pub *mut half::bf16);
+// SAFETY: every job writes only its own tiles, and the caller keeps the slice alive and
+// unaliased for the product.
+unsafe impl Send for SharedBf16 {}
+// SAFETY: as above.
+unsafe impl Sync for SharedBf16 {}
+
+/// One finished tile to round: `rows × cols` of C (row stride `ldc`) to `out` (row stride
+/// `n`), `bias` starting at the tile's first column.
+struct RoundTile<'a> {
+    c: *const f32,
+    ldc: usize,
+    out: *mut half::bf16,
+    n: usize,
+    bias: Option<&'a [f32]>,
+    rows: usize,
+    cols: usize,
+}
+
+impl crate::kernel_path::VectorTask for RoundTile<'_> {
+    #[inline(always)]
+    fn run(self) {
+        for i in 0..self.rows {
+            // SAFETY: `gemm_block` builds a RoundTile only for a tile inside C and the
+            // output, which `RoundTiles`' owner sized `m × n` like C.
+            let (src, dst) = unsafe {
+                (
+                    std::slice::from_raw_parts(self.c.add(i * self.ldc), self.cols),
+                    std::slice::from_raw_parts_mut(self.out.add(i * self.n), self.cols),
+                )
+            };
+            match self.bias {
+                Some(bias) => {
+                    for ((d, &s), &b) in dst.iter_mut().zip(src).zip(&bias[..self.cols]) {
+                        *d = crate::convert::round_bf16(s + b);
+                    }
+                }
+                None => {
+                    for (d, &s) in dst.iter_mut().zip(src) {
+                        *d = crate::convert::round_bf16(s);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Where B comes from.
@@ -110,14 +174,15 @@ pub(crate) struct Job {
 
 /// Splits the batch into jobs for `threads` threads: whole entries when they balance,
 /// otherwise each entry cut into column strips (keeps each thread's packed B share
-/// disjoint) or, when C is too narrow, row strips.
+/// disjoint) or, when C is too narrow, row strips. With B packed beforehand (`b_packed`)
+/// row strips come first: a column split would have every thread pack all of A, a row
+/// split packs each row once.
 pub(crate) fn plan_jobs(
     items: usize,
-    m: usize,
-    n: usize,
-    k: usize,
+    (m, n, k): (usize, usize, usize),
     threads: usize,
     (mr, nr): (usize, usize),
+    b_packed: bool,
 ) -> Vec<Job> {
     let whole = |item| Job {
         item,
@@ -135,7 +200,12 @@ pub(crate) fn plan_jobs(
     let row_strips = m.div_ceil(mr);
     let mut jobs = Vec::new();
     for item in 0..items {
-        if col_strips >= threads * 2 || col_strips >= row_strips {
+        let by_rows = if b_packed {
+            row_strips >= threads * 2 || row_strips >= col_strips
+        } else {
+            !(col_strips >= threads * 2 || col_strips >= row_strips)
+        };
+        if !by_rows {
             for (start, end) in split_even(col_strips, threads) {
                 jobs.push(Job {
                     item,
@@ -192,15 +262,14 @@ pub(crate) fn run<E: GemmInput, K: MicroKernel<E>>(p: &Problem<'_, E>, c: &mut [
     }
     let jobs = plan_jobs(
         p.offsets.len(),
-        m,
-        n,
-        k,
+        (m, n, k),
         if p.this_thread {
             1
         } else {
             rayon::current_num_threads()
         },
         (K::MR, K::NR),
+        matches!(p.b, Rhs::Prepacked(_)),
     );
     let out = SharedOut(c.as_mut_ptr());
     let run_job = |job: &Job| {
@@ -231,6 +300,12 @@ pub(crate) fn run<E: GemmInput, K: MicroKernel<E>>(p: &Problem<'_, E>, c: &mut [
             let c = out
                 .get()
                 .add(job.item * m * n + job.rows.0 * n + job.cols.0);
+            // The tile at (row, col) of this block rounds to `out` at the same place in C.
+            let round = p.round.map(|r| BlockRound {
+                out: r.out.0.add(job.item * m * n + job.rows.0 * n + job.cols.0),
+                bias: r.bias.map(|b| &b[job.cols.0..]),
+                path: r.path,
+            });
             with_pack_buffers(|buffers| {
                 gemm_block::<E, K>(
                     BlockShape {
@@ -242,6 +317,7 @@ pub(crate) fn run<E: GemmInput, K: MicroKernel<E>>(p: &Problem<'_, E>, c: &mut [
                     rhs,
                     (c, n),
                     p.accumulate,
+                    round,
                     buffers,
                 )
             });
@@ -252,6 +328,14 @@ pub(crate) fn run<E: GemmInput, K: MicroKernel<E>>(p: &Problem<'_, E>, c: &mut [
     } else {
         jobs.par_iter().for_each(run_job);
     }
+}
+
+/// [`RoundTiles`] for one thread's block: `out` and `bias` start at its first element.
+#[derive(Clone, Copy)]
+struct BlockRound<'a> {
+    out: *mut half::bf16,
+    bias: Option<&'a [f32]>,
+    path: crate::KernelPath,
 }
 
 #[derive(Clone, Copy)]
@@ -293,6 +377,7 @@ unsafe fn gemm_block<E, K: MicroKernel<E>>(
     rhs: RhsSource<E, K::Packed>,
     (c, ldc): (*mut f32, usize),
     accumulate: bool,
+    round: Option<BlockRound<'_>>,
     buffers: &mut PackBuffers,
 ) {
     let BlockShape { m, n, k } = shape;
@@ -367,17 +452,35 @@ unsafe fn gemm_block<E, K: MicroKernel<E>>(
                                     + (first_strip + col_strip) * kp * K::NR,
                             ),
                         };
+                        let last_depth = pc + kc == k;
                         for (row_strip, ir) in (0..mc).step_by(K::MR).enumerate() {
+                            let (rows, cols) = (K::MR.min(mc - ir), K::NR.min(nc - jr));
+                            let tile_c = c.add((ic + ir) * ldc + jc + jr);
                             K::tile(
                                 kp,
                                 a_buf.add(row_strip * kp * K::MR),
                                 b_strip,
-                                c.add((ic + ir) * ldc + jc + jr),
+                                tile_c,
                                 ldc,
-                                K::MR.min(mc - ir),
-                                K::NR.min(nc - jr),
+                                rows,
+                                cols,
                                 acc,
                             );
+                            if let Some(r) = round.filter(|_| last_depth) {
+                                let col = jc + jr;
+                                crate::kernel_path::run_vectorised(
+                                    r.path,
+                                    RoundTile {
+                                        c: tile_c,
+                                        ldc,
+                                        out: r.out.add((ic + ir) * ldc + col),
+                                        n: ldc,
+                                        bias: r.bias.map(|b| &b[col..]),
+                                        rows,
+                                        cols,
+                                    },
+                                );
+                            }
                         }
                     }
                 }
@@ -481,16 +584,22 @@ mod tests {
             (1, 7, 5, 4),
             (1, 1000, 1000, 3),
         ] {
-            let jobs = plan_jobs(items, m, n, 1000, threads, (6, 64));
-            let mut hits = vec![0u8; items * m * n];
-            for job in &jobs {
-                for i in job.rows.0..job.rows.1 {
-                    for j in job.cols.0..job.cols.1 {
-                        hits[job.item * m * n + i * n + j] += 1;
+            for b_packed in [false, true] {
+                let jobs = plan_jobs(items, (m, n, 1000), threads, (6, 64), b_packed);
+                let mut hits = vec![0u8; items * m * n];
+                for job in &jobs {
+                    assert!(job.rows.0 % 6 == 0 && job.cols.0 % 64 == 0, "{job:?}");
+                    for i in job.rows.0..job.rows.1 {
+                        for j in job.cols.0..job.cols.1 {
+                            hits[job.item * m * n + i * n + j] += 1;
+                        }
                     }
                 }
+                assert!(
+                    hits.iter().all(|&h| h == 1),
+                    "{items}x{m}x{n} on {threads}, B packed {b_packed}"
+                );
             }
-            assert!(hits.iter().all(|&h| h == 1), "{items}x{m}x{n} on {threads}");
         }
     }
 }

@@ -238,6 +238,7 @@ pub(crate) fn gemm_items<E: GemmInput>(
         offsets,
         accumulate,
         this_thread: false,
+        round: None,
     };
     E::with_kernel(
         path,
@@ -394,13 +395,65 @@ pub(crate) fn gemm_prepacked_here<E: GemmInput>(
     prepacked_product(a, b, c, accumulate, true)
 }
 
-fn prepacked_product<E: GemmInput>(
-    a: MatRef<'_, E>,
+/// `round_bf16(A · B + bias)` with B packed beforehand: a bf16 linear layer. Each tile is
+/// rounded as soon as its sum is final, while it is still in cache; `scratch` (`m × n`)
+/// holds the f32 sums on the way. The result is written once, never zeroed first.
+pub fn gemm_prepacked_bf16(
+    a: MatRef<'_, half::bf16>,
+    b: &PackedRhs<half::bf16>,
+    bias: Option<&[f32]>,
+    scratch: &mut [f32],
+) -> Result<Vec<half::bf16>> {
+    let (m, k, n) = check_prepacked(&a, b, scratch)?;
+    if let Some(bias) = bias.filter(|bias| bias.len() != n) {
+        return Err(KernelError::OutputLen {
+            expected: n,
+            found: bias.len(),
+        });
+    }
+    if k == 0 || m == 0 || n == 0 {
+        // No depth block runs, so no tile is finished by the kernels.
+        let row: Vec<_> = (0..n)
+            .map(|j| crate::convert::round_bf16(bias.map_or(0.0, |b| b[j])))
+            .collect();
+        return Ok(row.repeat(m));
+    }
+    let mut out = Vec::with_capacity(m * n);
+    let problem = Problem {
+        m,
+        n,
+        k,
+        a: a.data,
+        a_strides: (a.row_stride, a.col_stride),
+        b: Rhs::Prepacked(&b.lines),
+        offsets: &[(0, 0)],
+        accumulate: false,
+        this_thread: false,
+        round: Some(driver::RoundTiles {
+            out: driver::SharedBf16(out.as_mut_ptr()),
+            bias,
+            path: b.path,
+        }),
+    };
+    <half::bf16 as sealed::Dispatch>::with_kernel(
+        b.path,
+        RunProblem {
+            problem: &problem,
+            c: scratch,
+        },
+    );
+    // SAFETY: with k > 0 every tile of the m × n product reaches its last depth block, where
+    // `RoundTiles` writes it; the jobs cover C exactly once, so all m·n elements are set.
+    unsafe { out.set_len(m * n) };
+    Ok(out)
+}
+
+/// `(m, k, n)` of `A · B` into `c`, once A's columns meet B's rows and C is `m × n`.
+fn check_prepacked<E>(
+    a: &MatRef<'_, E>,
     b: &PackedRhs<E>,
-    c: &mut [f32],
-    accumulate: bool,
-    this_thread: bool,
-) -> Result<()> {
+    c: &[f32],
+) -> Result<(usize, usize, usize)> {
     if a.cols != b.rows {
         return Err(KernelError::InnerDim {
             a_cols: a.cols,
@@ -417,6 +470,17 @@ fn prepacked_product<E: GemmInput>(
             found: c.len(),
         });
     }
+    Ok((m, k, n))
+}
+
+fn prepacked_product<E: GemmInput>(
+    a: MatRef<'_, E>,
+    b: &PackedRhs<E>,
+    c: &mut [f32],
+    accumulate: bool,
+    this_thread: bool,
+) -> Result<()> {
+    let (m, k, n) = check_prepacked(&a, b, c)?;
     let problem = Problem {
         m,
         n,
@@ -427,6 +491,7 @@ fn prepacked_product<E: GemmInput>(
         offsets: &[(0, 0)],
         accumulate,
         this_thread,
+        round: None,
     };
     E::with_kernel(
         b.path,
