@@ -423,9 +423,12 @@ fn column_mask(cols: usize, v: usize) -> __mmask16 {
 /// Adds (or writes) the accumulators to C through lane masks, skipping rows past `rows`
 /// and vectors wholly past `cols`.
 ///
+/// Inlined into the kernels, so the accumulators stay in registers: as a call it took them
+/// by reference, which kept them in memory (zeroed by a memset on every tile).
+///
 /// # Safety
 /// As `MicroKernel::tile`; the CPU has AVX-512F.
-#[target_feature(enable = "avx512f")]
+#[inline(always)]
 unsafe fn store_tile<const W: usize>(
     acc: &[[__m512; W]; MR],
     c: *mut f32,
