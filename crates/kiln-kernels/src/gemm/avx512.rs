@@ -116,6 +116,26 @@ impl MicroKernel<bf16> for Avx512Bf16Pairs {
         // SAFETY: as for `pack`.
         unsafe { tile_bf16_pairs(kp, a, b, c, ldc, rows, cols, accumulate) }
     }
+
+    const DIRECT_A: bool = true;
+
+    unsafe fn tile_direct_a(
+        kp: usize,
+        a: *const bf16,
+        lda: usize,
+        b: *const u32,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        // Rows past `rows` repeat the last one: read, multiplied, never stored.
+        let rows_a: [*const u32; MR] =
+            std::array::from_fn(|i| a.wrapping_add(i.min(rows.max(1) - 1) * lda).cast());
+        // SAFETY: as for `pack`; each row holds the kp pairs the kernel reads.
+        unsafe { tile_bf16_direct(kp, rows_a, b, c, ldc, rows, cols, accumulate) }
+    }
 }
 
 /// Pairs of rows of a row-major B (lanes contiguous, full panel): each lane's even and odd k
@@ -611,6 +631,61 @@ unsafe fn tile_bf16_pairs_w<const W: usize>(
     }
 }
 
+/// [`tile_bf16_pairs`] with A's rows read in place: row `i`'s pair `p` is the u32 at
+/// `rows_a[i] + p` (two adjacent bf16, low half first, as packing would have put it).
+///
+/// # Safety
+/// As `MicroKernel::tile_direct_a`; the CPU has AVX-512F and AVX512-BF16.
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_bf16_direct(
+    kp: usize,
+    rows_a: [*const u32; MR],
+    b: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe {
+        match cols.div_ceil(16) {
+            1 => tile_bf16_direct_w::<1>(kp, rows_a, b, c, ldc, rows, cols, accumulate),
+            2 => tile_bf16_direct_w::<2>(kp, rows_a, b, c, ldc, rows, cols, accumulate),
+            3 => tile_bf16_direct_w::<3>(kp, rows_a, b, c, ldc, rows, cols, accumulate),
+            _ => tile_bf16_direct_w::<NV>(kp, rows_a, b, c, ldc, rows, cols, accumulate),
+        }
+    }
+}
+
+/// # Safety
+/// As [`tile_bf16_direct`] with `cols <= 16 W`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_bf16_direct_w<const W: usize>(
+    kp: usize,
+    rows_a: [*const u32; MR],
+    b: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    let split = kp.saturating_sub(C_PREFETCH_STEPS);
+    // SAFETY: forwarded from the caller's contract (which includes the CPU features); both
+    // ranges lie in 0..kp.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); W]; MR];
+        let a_at = |p: usize, i: usize| rows_a[i].add(p).read_unaligned();
+        bf16_pair_steps_with(&mut acc, a_at, b, 0..split);
+        prefetch_c_tile(c, ldc, rows, cols);
+        bf16_pair_steps_with(&mut acc, a_at, b, split..kp);
+        store_tile(&acc, c, ldc, rows, cols, accumulate)
+    }
+}
+
 /// `acc += A · B` over packed pair steps `steps`, two k per step.
 ///
 /// # Safety
@@ -620,6 +695,22 @@ unsafe fn tile_bf16_pairs_w<const W: usize>(
 unsafe fn bf16_pair_steps<const W: usize>(
     acc: &mut [[__m512; W]; MR],
     a: *const u32,
+    b: *const u32,
+    steps: std::ops::Range<usize>,
+) {
+    // SAFETY: step `p` of the packed A panel holds MR pairs.
+    unsafe { bf16_pair_steps_with(acc, |p, i| *a.add(p * MR + i), b, steps) }
+}
+
+/// [`bf16_pair_steps`] with row `i`'s pair at step `p` given by `a_at(p, i)`.
+///
+/// # Safety
+/// Every step in `steps` is inside the packed B panel and `a_at` reads valid memory for
+/// it; the CPU has AVX-512F and AVX512-BF16.
+#[inline(always)]
+unsafe fn bf16_pair_steps_with<const W: usize>(
+    acc: &mut [[__m512; W]; MR],
+    a_at: impl Fn(usize, usize) -> u32,
     b: *const u32,
     steps: std::ops::Range<usize>,
 ) {
@@ -635,9 +726,8 @@ unsafe fn bf16_pair_steps<const W: usize>(
                 ));
             }
             for (i, acc_row) in acc.iter_mut().enumerate() {
-                let a_i = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(
-                    *a.add(p * MR + i) as i32,
-                ));
+                let a_i =
+                    std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(a_at(p, i) as i32));
                 for (sum, &b_v) in acc_row.iter_mut().zip(&b_vecs) {
                     *sum = _mm512_dpbf16_ps(*sum, a_i, b_v);
                 }

@@ -23,6 +23,11 @@ pub struct Problem<'a, E> {
     /// over the cores (many small products), where splitting each one costs more than it
     /// gains.
     pub this_thread: bool,
+    /// Read A in place instead of packing it, where the kernel can (see
+    /// [`MicroKernel::DIRECT_A`]). It pays when A's rows are short runs that overlapping
+    /// products share (the Winograd convolution's temporal taps); for one large product
+    /// the packed panel streams better.
+    pub a_in_place: bool,
     /// Where each finished tile of C is also written rounded to bf16 (see [`RoundTiles`]).
     pub round: Option<RoundTiles<'a>>,
 }
@@ -157,6 +162,31 @@ pub trait MicroKernel<E> {
         cols: usize,
         accumulate: bool,
     );
+
+    /// Whether [`Self::tile_direct_a`] exists: the kernel can read A's rows in place when
+    /// each row's k run is contiguous, so A needs no packing.
+    const DIRECT_A: bool = false;
+
+    /// As [`Self::tile`], with A read in place: row `i < rows` of the tile starts at
+    /// `a + i · lda` and holds `kp · K_PER_PACKED` contiguous k.
+    ///
+    /// # Safety
+    /// As [`Self::tile`], with those rows readable in place of the packed panel; only
+    /// called when [`Self::DIRECT_A`] is true.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_direct_a(
+        _kp: usize,
+        _a: *const E,
+        _lda: usize,
+        _b: *const Self::Packed,
+        _c: *mut f32,
+        _ldc: usize,
+        _rows: usize,
+        _cols: usize,
+        _accumulate: bool,
+    ) {
+        unreachable!("tile_direct_a on a kernel without DIRECT_A")
+    }
 }
 
 /// Below this many multiply-adds a product runs on the calling thread: spreading it costs
@@ -318,6 +348,7 @@ pub(crate) fn run<E: GemmInput, K: MicroKernel<E>>(p: &Problem<'_, E>, c: &mut [
                     (c, n),
                     p.accumulate,
                     round,
+                    p.a_in_place,
                     buffers,
                 )
             });
@@ -378,9 +409,13 @@ unsafe fn gemm_block<E, K: MicroKernel<E>>(
     (c, ldc): (*mut f32, usize),
     accumulate: bool,
     round: Option<BlockRound<'_>>,
+    a_in_place: bool,
     buffers: &mut PackBuffers,
 ) {
     let BlockShape { m, n, k } = shape;
+    // A read in place: its rows' k runs are contiguous and whole packed elements (an odd
+    // k would leave a half pair reading past the row).
+    let direct_a = a_in_place && K::DIRECT_A && a_cs == 1 && k.is_multiple_of(K::K_PER_PACKED);
     let kp_max = K::KC.min(k).div_ceil(K::K_PER_PACKED);
     let a_len = K::MC.min(m).next_multiple_of(K::MR) * kp_max;
     // With a single row block each B micro-panel is used once, right after packing: one
@@ -405,7 +440,7 @@ unsafe fn gemm_block<E, K: MicroKernel<E>>(
                 let acc = accumulate || pc > 0;
                 for ic in (0..m).step_by(K::MC) {
                     let mc = K::MC.min(m - ic);
-                    for (strip, ir) in (0..mc).step_by(K::MR).enumerate() {
+                    for (strip, ir) in (0..mc).step_by(K::MR).enumerate().filter(|_| !direct_a) {
                         K::pack(
                             a.add((ic + ir) * a_rs + pc * a_cs),
                             a_rs,
@@ -456,16 +491,30 @@ unsafe fn gemm_block<E, K: MicroKernel<E>>(
                         for (row_strip, ir) in (0..mc).step_by(K::MR).enumerate() {
                             let (rows, cols) = (K::MR.min(mc - ir), K::NR.min(nc - jr));
                             let tile_c = c.add((ic + ir) * ldc + jc + jr);
-                            K::tile(
-                                kp,
-                                a_buf.add(row_strip * kp * K::MR),
-                                b_strip,
-                                tile_c,
-                                ldc,
-                                rows,
-                                cols,
-                                acc,
-                            );
+                            if direct_a {
+                                K::tile_direct_a(
+                                    kp,
+                                    a.add((ic + ir) * a_rs + pc),
+                                    a_rs,
+                                    b_strip,
+                                    tile_c,
+                                    ldc,
+                                    rows,
+                                    cols,
+                                    acc,
+                                );
+                            } else {
+                                K::tile(
+                                    kp,
+                                    a_buf.add(row_strip * kp * K::MR),
+                                    b_strip,
+                                    tile_c,
+                                    ldc,
+                                    rows,
+                                    cols,
+                                    acc,
+                                );
+                            }
                             if let Some(r) = round.filter(|_| last_depth) {
                                 let col = jc + jr;
                                 crate::kernel_path::run_vectorised(

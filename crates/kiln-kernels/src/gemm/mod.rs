@@ -238,6 +238,7 @@ pub(crate) fn gemm_items<E: GemmInput>(
         offsets,
         accumulate,
         this_thread: false,
+        a_in_place: false,
         round: None,
     };
     E::with_kernel(
@@ -429,6 +430,7 @@ pub fn gemm_prepacked_bf16(
         offsets: &[(0, 0)],
         accumulate: false,
         this_thread: false,
+        a_in_place: false,
         round: Some(driver::RoundTiles {
             out: driver::SharedBf16(out.as_mut_ptr()),
             bias,
@@ -491,6 +493,8 @@ fn prepacked_product<E: GemmInput>(
         offsets: &[(0, 0)],
         accumulate,
         this_thread,
+        // The one caller on its own thread is the Winograd convolution (see `Problem`).
+        a_in_place: this_thread,
         round: None,
     };
     E::with_kernel(
@@ -501,4 +505,40 @@ fn prepacked_product<E: GemmInput>(
         },
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reading A in place (the Winograd products) multiplies the same values in the same
+    /// order as packing it, so the results are bit for bit equal: row tails, several depth
+    /// blocks, rows longer than k (strided like the Winograd `V`), odd k (packed instead).
+    #[test]
+    fn a_in_place_equals_packed_a() {
+        for path in KernelPath::supported() {
+            for &(m, n, k, lda) in &[
+                (1, 1, 2, 2),
+                (7, 70, 64, 96),
+                (13, 130, 2200, 2300),
+                (256, 96, 1152, 2304),
+                (5, 33, 7, 9),
+            ] {
+                let a: Vec<half::bf16> = (0..m * lda)
+                    .map(|i| half::bf16::from_f32(((i * 37 % 101) as f32 - 50.0) / 50.0))
+                    .collect();
+                let b: Vec<half::bf16> = (0..k * n)
+                    .map(|i| half::bf16::from_f32(((i * 53 % 97) as f32 - 48.0) / 48.0))
+                    .collect();
+                let a = MatRef::new(&a, m, k, lda, 1).unwrap();
+                let packed =
+                    PackedRhs::with_path(path, MatRef::row_major(&b, k, n).unwrap()).unwrap();
+                let mut expected = vec![0f32; m * n];
+                gemm_prepacked(a, &packed, &mut expected, false).unwrap();
+                let mut got = vec![1f32; m * n];
+                gemm_prepacked_here(a, &packed, &mut got, false).unwrap();
+                assert_eq!(got, expected, "{path:?} {m}x{n}x{k} lda {lda}");
+            }
+        }
+    }
 }
