@@ -343,12 +343,11 @@ pub(crate) fn run<E: GemmInput, K: MicroKernel<E>>(p: &Problem<'_, E>, c: &mut [
                         n: job.cols.1 - job.cols.0,
                         k,
                     },
-                    (a, a_rs, a_cs),
+                    (a, a_rs, a_cs, p.a_in_place),
                     rhs,
                     (c, n),
                     p.accumulate,
                     round,
-                    p.a_in_place,
                     buffers,
                 )
             });
@@ -401,15 +400,15 @@ enum RhsSource<E, P> {
 ///
 /// # Safety
 /// A (`m × k`), B (`k × n`) and C (`m × n`, row stride `ldc`) must be valid for the given
-/// strides, and the CPU must support `K`'s path.
+/// strides (A read in place where asked and the kernel can), and the CPU must support
+/// `K`'s path.
 unsafe fn gemm_block<E, K: MicroKernel<E>>(
     shape: BlockShape,
-    (a, a_rs, a_cs): (*const E, usize, usize),
+    (a, a_rs, a_cs, a_in_place): (*const E, usize, usize, bool),
     rhs: RhsSource<E, K::Packed>,
     (c, ldc): (*mut f32, usize),
     accumulate: bool,
     round: Option<BlockRound<'_>>,
-    a_in_place: bool,
     buffers: &mut PackBuffers,
 ) {
     let BlockShape { m, n, k } = shape;
