@@ -426,6 +426,7 @@ pub fn conv3d_winograd<E: WinogradElement>(
                             c_out,
                             rows_per_o,
                             first_row: mt * (i - i0),
+                            fast: input.fast,
                         };
                         let row = OutputRow {
                             task: &task,
@@ -487,7 +488,12 @@ impl<E: WinogradElement> BandScratch<E> {
         );
         at_least(&mut self.across, n * n * c, 0.0);
         at_least(&mut self.m, n * n * tiles * c_out, 0.0);
-        at_least(&mut self.y, (mt * n + mt * mt) * c_out, 0.0);
+        // The general form's per-tile buffers, or F(2×2)'s tile row plus a 16 × 16 block.
+        at_least(
+            &mut self.y,
+            (mt * n + mt * mt) * c_out + mt * mt * tw * c_out + 256,
+            0.0,
+        );
     }
 }
 
@@ -746,6 +752,8 @@ struct OutputTask<'a> {
     /// Output rows per channel in the band, and this tile row's first among them.
     rows_per_o: usize,
     first_row: usize,
+    /// Whether the CPU has AVX-512F (for the move back to channel-first rows).
+    fast: bool,
 }
 
 /// One tile row's output transform, run per vector width.
@@ -781,39 +789,17 @@ fn output_transform<E: WinogradElement>(
         c_out: o,
         rows_per_o,
         first_row,
+        ..
     } = *task;
     let (mt, n) = (tr.m, tr.n());
     let out_rows = mt.min(rows_per_o - first_row);
+    if mt == 2 {
+        return output_row_f2(task, scratch, rows, out_rows);
+    }
     let (down, ys) = scratch.split_at_mut(mt * n * o);
     for j in 0..tiles.cols {
         let tile = first_tile + j;
-        if mt == 2 {
-            // Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]], written out; y[r·2 + s] over channels.
-            let at = |xi: usize| &m[(xi * band + tile) * o..(xi * band + tile + 1) * o];
-            let (y0, rest) = ys.split_at_mut(o);
-            let (y1, rest) = rest.split_at_mut(o);
-            let (y2, rest) = rest.split_at_mut(o);
-            let y3 = &mut rest[..o];
-            for y in [&mut *y0, &mut *y1, &mut *y2, &mut *y3] {
-                y.fill(0.0);
-            }
-            for (b, (w0, w1)) in [(1.0, 0.0), (1.0, 1.0), (1.0, -1.0), (0.0, -1.0f32)]
-                .into_iter()
-                .enumerate()
-            {
-                let (m0, m1, m2, m3) = (at(b), at(4 + b), at(8 + b), at(12 + b));
-                for ch in 0..o {
-                    let s0 = m0[ch] + m1[ch] + m2[ch];
-                    let s1 = m1[ch] - m2[ch] - m3[ch];
-                    y0[ch] += w0 * s0;
-                    y1[ch] += w1 * s0;
-                    y2[ch] += w0 * s1;
-                    y3[ch] += w1 * s1;
-                }
-            }
-        } else {
-            general_output_tile(tr, m, band, tile, o, down, ys);
-        }
+        general_output_tile(tr, m, band, tile, o, down, ys);
         let ox = mt * j;
         let cols = mt.min(tiles.wo - ox);
         for ch in 0..o {
@@ -823,6 +809,83 @@ fn output_transform<E: WinogradElement>(
                 let row = &mut rows[top + r][ox..ox + cols];
                 for (s, dst) in row.iter_mut().enumerate() {
                     *dst = E::round(ys[(r * mt + s) * o + ch] + b);
+                }
+            }
+        }
+    }
+}
+
+/// F(2×2)'s output transform for one tile row, written out: `Aᵀ = [[1, 1, 1, 0],
+/// [0, 1, -1, -1]]`. The row's pixels are first gathered channels-last, `[r][x][o]`
+/// (vectorised across channels, as `M` is laid out), then moved to the channel-first output
+/// rows in 16 × 16 register transposes, so every store runs along an output row.
+#[inline(always)]
+fn output_row_f2<E: WinogradElement>(
+    task: &OutputTask<'_>,
+    scratch: &mut [f32],
+    rows: &mut [&mut [E]],
+    out_rows: usize,
+) {
+    let OutputTask {
+        m,
+        band,
+        first_tile,
+        bias,
+        tiles,
+        c_out: o,
+        rows_per_o,
+        first_row,
+        fast,
+        ..
+    } = *task;
+    let width = 2 * tiles.cols;
+    let (pixels, block) = scratch.split_at_mut(2 * width * o);
+    let block = &mut block[..256];
+    for j in 0..tiles.cols {
+        let tile = first_tile + j;
+        let at = |xi: usize| &m[(xi * band + tile) * o..(xi * band + tile + 1) * o];
+        let (top, bottom) = pixels.split_at_mut(width * o);
+        let (y0, y1) = top[2 * j * o..(2 * j + 2) * o].split_at_mut(o);
+        let (y2, y3) = bottom[2 * j * o..(2 * j + 2) * o].split_at_mut(o);
+        y0.copy_from_slice(bias);
+        y1.copy_from_slice(bias);
+        y2.copy_from_slice(bias);
+        y3.copy_from_slice(bias);
+        for (b, (w0, w1)) in [(1.0, 0.0), (1.0, 1.0), (1.0, -1.0), (0.0, -1.0f32)]
+            .into_iter()
+            .enumerate()
+        {
+            let (m0, m1, m2, m3) = (at(b), at(4 + b), at(8 + b), at(12 + b));
+            for ch in 0..o {
+                let s0 = m0[ch] + m1[ch] + m2[ch];
+                let s1 = m1[ch] - m2[ch] - m3[ch];
+                y0[ch] += w0 * s0;
+                y1[ch] += w1 * s0;
+                y2[ch] += w0 * s1;
+                y3[ch] += w1 * s1;
+            }
+        }
+    }
+    let wo = tiles.wo;
+    for r in 0..out_rows {
+        let src = &pixels[r * width * o..(r + 1) * width * o];
+        for c0 in (0..o).step_by(16) {
+            let cb = 16.min(o - c0);
+            for x0 in (0..wo).step_by(16) {
+                let xb = 16.min(wo - x0);
+                if cb == 16 && xb == 16 {
+                    f32::transpose16(&src[x0 * o + c0..], o, block, 16, fast);
+                    for (cc, lane) in block.chunks_exact(16).enumerate() {
+                        let row = &mut rows[(c0 + cc) * rows_per_o + first_row + r];
+                        E::store(lane, &mut row[x0..x0 + 16]);
+                    }
+                    continue;
+                }
+                for cc in 0..cb {
+                    let row = &mut rows[(c0 + cc) * rows_per_o + first_row + r];
+                    for (k, dst) in row[x0..x0 + xb].iter_mut().enumerate() {
+                        *dst = E::round(src[(x0 + k) * o + c0 + cc]);
+                    }
                 }
             }
         }
