@@ -7,6 +7,7 @@
 #![allow(clippy::incompatible_msrv)]
 
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 use half::bf16;
 
@@ -130,11 +131,8 @@ impl MicroKernel<bf16> for Avx512Bf16Pairs {
         cols: usize,
         accumulate: bool,
     ) {
-        // Rows past `rows` repeat the last one: read, multiplied, never stored.
-        let rows_a: [*const u32; MR] =
-            std::array::from_fn(|i| a.wrapping_add(i.min(rows.max(1) - 1) * lda).cast());
         // SAFETY: as for `pack`; each row holds the kp pairs the kernel reads.
-        unsafe { tile_bf16_direct(kp, rows_a, b, c, ldc, rows, cols, accumulate) }
+        unsafe { tile_bf16_direct(kp, a, lda, b, c, ldc, rows, cols, accumulate) }
     }
 }
 
@@ -495,6 +493,135 @@ unsafe fn prefetch_c_tile(c: *mut f32, ldc: usize, rows: usize, cols: usize) {
     }
 }
 
+/// The k loop of one tile kind: how A and B are read and multiplied, one k step (one
+/// packed element) at a time, into `W` accumulator vectors per row.
+trait TileSteps: Copy {
+    /// `acc += A · B` over k steps `steps`.
+    ///
+    /// # Safety
+    /// Every step in `steps` is inside the operands; the CPU has the kind's features.
+    unsafe fn run<const W: usize>(self, acc: &mut [[__m512; W]; MR], steps: Range<usize>);
+}
+
+/// f32 panels: one broadcast of A per row, W loads of B, `vfmadd231ps`.
+#[derive(Clone, Copy)]
+struct F32Steps {
+    a: *const f32,
+    b: *const f32,
+}
+
+impl TileSteps for F32Steps {
+    #[inline(always)]
+    unsafe fn run<const W: usize>(self, acc: &mut [[__m512; W]; MR], steps: Range<usize>) {
+        for p in steps {
+            // SAFETY: step `p` of the packed panels holds MR values of A and NR of B.
+            unsafe {
+                let b_p = self.b.add(p * NR);
+                let b_vecs: [__m512; W] = std::array::from_fn(|v| _mm512_loadu_ps(b_p.add(16 * v)));
+                for (i, acc_row) in acc.iter_mut().enumerate() {
+                    let a_i = _mm512_set1_ps(*self.a.add(p * MR + i));
+                    for (sum, &b_v) in acc_row.iter_mut().zip(&b_vecs) {
+                        *sum = _mm512_fmadd_ps(a_i, b_v, *sum);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// bf16 pairs with `vdpbf16ps`: row `i`'s pair at step `p` is the u32 at byte `p · a_step
+/// + row_offset[i]` from `a`: the packed panel (`a_step` = 4·MR, offsets 4·i), or A's rows
+/// read in place (`a_step` = 4, offsets one row stride apart, which an odd stride leaves
+/// 2-byte aligned: hence bytes, and unaligned reads).
+#[derive(Clone, Copy)]
+struct PairSteps {
+    a: *const u8,
+    a_step: usize,
+    row_offset: [usize; MR],
+    b: *const u32,
+}
+
+impl TileSteps for PairSteps {
+    #[inline(always)]
+    unsafe fn run<const W: usize>(self, acc: &mut [[__m512; W]; MR], steps: Range<usize>) {
+        for p in steps {
+            // SAFETY: step `p` of B's panel holds NR pairs and row `i`'s pair is readable
+            // (the caller's contract); `__m512i` and `__m512bh` are both 64 bytes of bits.
+            unsafe {
+                let b_p = self.b.add(p * NR);
+                let b_vecs: [__m512bh; W] = std::array::from_fn(|v| {
+                    std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_epi32(
+                        b_p.add(16 * v).cast(),
+                    ))
+                });
+                let a_p = self.a.add(p * self.a_step);
+                for (acc_row, &offset) in acc.iter_mut().zip(&self.row_offset) {
+                    let pair = a_p.add(offset).cast::<u32>().read_unaligned();
+                    let a_i =
+                        std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair as i32));
+                    for (sum, &b_v) in acc_row.iter_mut().zip(&b_vecs) {
+                        *sum = _mm512_dpbf16_ps(*sum, a_i, b_v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One tile: the k loop with C's lines prefetched shortly before the end, then the store,
+/// on only the accumulator vectors `cols` needs (a narrow last panel, such as the VAE's 96
+/// or 3 output channels, would otherwise spend whole multiplies on zero lanes).
+///
+/// # Safety
+/// As `MicroKernel::tile`, with `steps` reading valid operands over `0..kp`; the CPU has
+/// the features of `steps`' kind.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_any_width<S: TileSteps>(
+    steps: S,
+    kp: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe {
+        match cols.div_ceil(16) {
+            1 => tile_at_width::<1, S>(steps, kp, c, ldc, rows, cols, accumulate),
+            2 => tile_at_width::<2, S>(steps, kp, c, ldc, rows, cols, accumulate),
+            3 => tile_at_width::<3, S>(steps, kp, c, ldc, rows, cols, accumulate),
+            _ => tile_at_width::<NV, S>(steps, kp, c, ldc, rows, cols, accumulate),
+        }
+    }
+}
+
+/// # Safety
+/// As [`tile_any_width`] with `cols <= 16 W`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_at_width<const W: usize, S: TileSteps>(
+    steps: S,
+    kp: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    let split = kp.saturating_sub(C_PREFETCH_STEPS);
+    // SAFETY: forwarded from the caller's contract (which includes the CPU features); both
+    // ranges lie in 0..kp.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); W]; MR];
+        steps.run(&mut acc, 0..split);
+        prefetch_c_tile(c, ldc, rows, cols);
+        steps.run(&mut acc, split..kp);
+        store_tile(&acc, c, ldc, rows, cols, accumulate)
+    }
+}
+
 /// # Safety
 /// As `MicroKernel::tile`; the CPU has AVX-512F.
 #[target_feature(enable = "avx512f")]
@@ -510,72 +637,7 @@ unsafe fn tile_f32(
     accumulate: bool,
 ) {
     // SAFETY: forwarded from the caller's contract.
-    unsafe {
-        match cols.div_ceil(16) {
-            1 => tile_f32_w::<1>(kp, a, b, c, ldc, rows, cols, accumulate),
-            2 => tile_f32_w::<2>(kp, a, b, c, ldc, rows, cols, accumulate),
-            3 => tile_f32_w::<3>(kp, a, b, c, ldc, rows, cols, accumulate),
-            _ => tile_f32_w::<NV>(kp, a, b, c, ldc, rows, cols, accumulate),
-        }
-    }
-}
-
-/// [`tile_f32`] on the first `W` vectors of the panel: a narrow last panel (96 or 3 output
-/// channels in the VAE) would otherwise spend whole multiplies on its zero lanes.
-///
-/// # Safety
-/// As `MicroKernel::tile` with `cols <= 16 W`; the CPU has AVX-512F.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_f32_w<const W: usize>(
-    kp: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    accumulate: bool,
-) {
-    let split = kp.saturating_sub(C_PREFETCH_STEPS);
-    // SAFETY: forwarded from the caller's contract (which includes the CPU features); both
-    // ranges lie in 0..kp.
-    unsafe {
-        let mut acc = [[_mm512_setzero_ps(); W]; MR];
-        f32_steps(&mut acc, a, b, 0..split);
-        prefetch_c_tile(c, ldc, rows, cols);
-        f32_steps(&mut acc, a, b, split..kp);
-        store_tile(&acc, c, ldc, rows, cols, accumulate)
-    }
-}
-
-/// `acc += A · B` over packed k steps `steps`.
-///
-/// # Safety
-/// Every step in `steps` is inside the packed panels; the CPU has AVX-512F.
-#[inline(always)]
-unsafe fn f32_steps<const W: usize>(
-    acc: &mut [[__m512; W]; MR],
-    a: *const f32,
-    b: *const f32,
-    steps: std::ops::Range<usize>,
-) {
-    for p in steps {
-        // SAFETY: step `p` of the packed panels holds MR values of A and NR of B.
-        unsafe {
-            let b_p = b.add(p * NR);
-            let mut b_vecs = [_mm512_setzero_ps(); W];
-            for (v, b_v) in b_vecs.iter_mut().enumerate() {
-                *b_v = _mm512_loadu_ps(b_p.add(16 * v));
-            }
-            for (i, acc_row) in acc.iter_mut().enumerate() {
-                let a_i = _mm512_set1_ps(*a.add(p * MR + i));
-                for (sum, &b_v) in acc_row.iter_mut().zip(&b_vecs) {
-                    *sum = _mm512_fmadd_ps(a_i, b_v, *sum);
-                }
-            }
-        }
-    }
+    unsafe { tile_any_width(F32Steps { a, b }, kp, c, ldc, rows, cols, accumulate) }
 }
 
 /// # Safety
@@ -592,47 +654,19 @@ unsafe fn tile_bf16_pairs(
     cols: usize,
     accumulate: bool,
 ) {
-    // SAFETY: forwarded from the caller's contract.
-    unsafe {
-        match cols.div_ceil(16) {
-            1 => tile_bf16_pairs_w::<1>(kp, a, b, c, ldc, rows, cols, accumulate),
-            2 => tile_bf16_pairs_w::<2>(kp, a, b, c, ldc, rows, cols, accumulate),
-            3 => tile_bf16_pairs_w::<3>(kp, a, b, c, ldc, rows, cols, accumulate),
-            _ => tile_bf16_pairs_w::<NV>(kp, a, b, c, ldc, rows, cols, accumulate),
-        }
-    }
+    let steps = PairSteps {
+        a: a.cast(),
+        a_step: 4 * MR,
+        row_offset: std::array::from_fn(|i| 4 * i),
+        b,
+    };
+    // SAFETY: forwarded from the caller's contract; the packed panel holds MR pairs a step.
+    unsafe { tile_any_width(steps, kp, c, ldc, rows, cols, accumulate) }
 }
 
-/// [`tile_bf16_pairs`] on the first `W` vectors of the panel, as [`tile_f32_w`].
-///
-/// # Safety
-/// As `MicroKernel::tile` with `cols <= 16 W`; the CPU has AVX-512F and AVX512-BF16.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_bf16_pairs_w<const W: usize>(
-    kp: usize,
-    a: *const u32,
-    b: *const u32,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    accumulate: bool,
-) {
-    let split = kp.saturating_sub(C_PREFETCH_STEPS);
-    // SAFETY: forwarded from the caller's contract (which includes the CPU features); both
-    // ranges lie in 0..kp.
-    unsafe {
-        let mut acc = [[_mm512_setzero_ps(); W]; MR];
-        bf16_pair_steps(&mut acc, a, b, 0..split);
-        prefetch_c_tile(c, ldc, rows, cols);
-        bf16_pair_steps(&mut acc, a, b, split..kp);
-        store_tile(&acc, c, ldc, rows, cols, accumulate)
-    }
-}
-
-/// [`tile_bf16_pairs`] with A's rows read in place: row `i`'s pair `p` is the u32 at
-/// `rows_a[i] + p` (two adjacent bf16, low half first, as packing would have put it).
+/// [`tile_bf16_pairs`] with A's rows read in place: row `i` starts at `a + i · lda` (u32
+/// pairs, as packing would have put them); rows past `rows` repeat the last one (read,
+/// multiplied, never stored).
 ///
 /// # Safety
 /// As `MicroKernel::tile_direct_a`; the CPU has AVX-512F and AVX512-BF16.
@@ -640,7 +674,8 @@ unsafe fn tile_bf16_pairs_w<const W: usize>(
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_bf16_direct(
     kp: usize,
-    rows_a: [*const u32; MR],
+    a: *const bf16,
+    lda: usize,
     b: *const u32,
     c: *mut f32,
     ldc: usize,
@@ -648,90 +683,13 @@ unsafe fn tile_bf16_direct(
     cols: usize,
     accumulate: bool,
 ) {
-    // SAFETY: forwarded from the caller's contract.
-    unsafe {
-        match cols.div_ceil(16) {
-            1 => tile_bf16_direct_w::<1>(kp, rows_a, b, c, ldc, rows, cols, accumulate),
-            2 => tile_bf16_direct_w::<2>(kp, rows_a, b, c, ldc, rows, cols, accumulate),
-            3 => tile_bf16_direct_w::<3>(kp, rows_a, b, c, ldc, rows, cols, accumulate),
-            _ => tile_bf16_direct_w::<NV>(kp, rows_a, b, c, ldc, rows, cols, accumulate),
-        }
-    }
-}
-
-/// # Safety
-/// As [`tile_bf16_direct`] with `cols <= 16 W`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_bf16_direct_w<const W: usize>(
-    kp: usize,
-    rows_a: [*const u32; MR],
-    b: *const u32,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    accumulate: bool,
-) {
-    let split = kp.saturating_sub(C_PREFETCH_STEPS);
-    // SAFETY: forwarded from the caller's contract (which includes the CPU features); both
-    // ranges lie in 0..kp.
-    unsafe {
-        let mut acc = [[_mm512_setzero_ps(); W]; MR];
-        let a_at = |p: usize, i: usize| rows_a[i].add(p).read_unaligned();
-        bf16_pair_steps_with(&mut acc, a_at, b, 0..split);
-        prefetch_c_tile(c, ldc, rows, cols);
-        bf16_pair_steps_with(&mut acc, a_at, b, split..kp);
-        store_tile(&acc, c, ldc, rows, cols, accumulate)
-    }
-}
-
-/// `acc += A · B` over packed pair steps `steps`, two k per step.
-///
-/// # Safety
-/// Every step in `steps` is inside the packed panels; the CPU has AVX-512F and
-/// AVX512-BF16.
-#[inline(always)]
-unsafe fn bf16_pair_steps<const W: usize>(
-    acc: &mut [[__m512; W]; MR],
-    a: *const u32,
-    b: *const u32,
-    steps: std::ops::Range<usize>,
-) {
-    // SAFETY: step `p` of the packed A panel holds MR pairs.
-    unsafe { bf16_pair_steps_with(acc, |p, i| *a.add(p * MR + i), b, steps) }
-}
-
-/// [`bf16_pair_steps`] with row `i`'s pair at step `p` given by `a_at(p, i)`.
-///
-/// # Safety
-/// Every step in `steps` is inside the packed B panel and `a_at` reads valid memory for
-/// it; the CPU has AVX-512F and AVX512-BF16.
-#[inline(always)]
-unsafe fn bf16_pair_steps_with<const W: usize>(
-    acc: &mut [[__m512; W]; MR],
-    a_at: impl Fn(usize, usize) -> u32,
-    b: *const u32,
-    steps: std::ops::Range<usize>,
-) {
-    for p in steps {
-        // SAFETY: step `p` of the packed panels holds MR pairs of A and NR of B;
-        // `__m512i` and `__m512bh` are both 64 bytes of plain bits.
-        unsafe {
-            let b_p = b.add(p * NR);
-            let mut b_vecs = [std::mem::transmute::<__m512, __m512bh>(_mm512_setzero_ps()); W];
-            for (v, b_v) in b_vecs.iter_mut().enumerate() {
-                *b_v = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_epi32(
-                    b_p.add(16 * v).cast(),
-                ));
-            }
-            for (i, acc_row) in acc.iter_mut().enumerate() {
-                let a_i =
-                    std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(a_at(p, i) as i32));
-                for (sum, &b_v) in acc_row.iter_mut().zip(&b_vecs) {
-                    *sum = _mm512_dpbf16_ps(*sum, a_i, b_v);
-                }
-            }
-        }
-    }
+    // Rows past `rows` repeat the last one.
+    let steps = PairSteps {
+        a: a.cast(),
+        a_step: 4,
+        row_offset: std::array::from_fn(|i| 2 * lda * i.min(rows.max(1) - 1)),
+        b,
+    };
+    // SAFETY: forwarded from the caller's contract; each row holds the kp pairs read.
+    unsafe { tile_any_width(steps, kp, c, ldc, rows, cols, accumulate) }
 }
