@@ -529,10 +529,10 @@ impl TileSteps for F32Steps {
     }
 }
 
-/// bf16 pairs with `vdpbf16ps`: row `i`'s pair at step `p` is the u32 at byte `p · a_step
-/// + row_offset[i]` from `a`: the packed panel (`a_step` = 4·MR, offsets 4·i), or A's rows
-/// read in place (`a_step` = 4, offsets one row stride apart, which an odd stride leaves
-/// 2-byte aligned: hence bytes, and unaligned reads).
+/// bf16 pairs with `vdpbf16ps`: row `i`'s pair at step `p` is the u32 at byte offset
+/// `p · a_step + row_offset[i]` from `a`: the packed panel (`a_step` = 4·MR, offsets 4·i),
+/// or A's rows read in place (`a_step` = 4, offsets one row stride apart, which an odd
+/// stride leaves 2-byte aligned: hence bytes, and unaligned reads).
 #[derive(Clone, Copy)]
 struct PairSteps {
     a: *const u8,
