@@ -64,7 +64,7 @@ unsafe fn round_avx2(src: &[f32], dst: &mut [bf16]) {
 
 /// Branch-free so the compiler vectorises it at the caller's vector width.
 #[inline(always)]
-fn round_slice(src: &[f32], dst: &mut [bf16]) {
+pub(crate) fn round_slice(src: &[f32], dst: &mut [bf16]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = round_bf16(s);
     }

@@ -458,7 +458,7 @@ struct BandScratch<E> {
     across: Vec<f32>,
     /// `M[ξ][tile][o]` of the band.
     m: Vec<f32>,
-    /// One tile's `Aᵀ M` and outputs for every channel.
+    /// A tile row's output pixels, channels-last, with the general form's working space.
     y: Vec<f32>,
 }
 
@@ -488,12 +488,8 @@ impl<E: WinogradElement> BandScratch<E> {
         );
         at_least(&mut self.across, n * n * c, 0.0);
         at_least(&mut self.m, n * n * tiles * c_out, 0.0);
-        // The general form's per-tile buffers, or F(2×2)'s tile row plus a 16 × 16 block.
-        at_least(
-            &mut self.y,
-            (mt * n + mt * mt) * c_out + mt * mt * tw * c_out + 256,
-            0.0,
-        );
+        // A tile row's pixels, a 16 × 16 block, and the general form's `Aᵀ M` of one tile.
+        at_least(&mut self.y, (mt * mt * tw + n * mt) * c_out + 256, 0.0);
     }
 }
 
@@ -772,7 +768,9 @@ impl<E: WinogradElement> VectorTask for OutputRow<'_, '_, '_, E> {
 
 /// `Y = Aᵀ M A + bias` for one tile row, every channel at once, cropped where the last
 /// tile row or column hangs over the output. `rows` holds the band's output rows,
-/// `[o][row]`.
+/// `[o][row]`. The row's pixels are first gathered channels-last, `[r][x][o]` (vectorised
+/// across channels, as `M` is laid out), then moved to the channel-first rows in 16 × 16
+/// register transposes, so every store runs along an output row.
 #[inline(always)]
 fn output_transform<E: WinogradElement>(
     task: &OutputTask<'_>,
@@ -789,85 +787,73 @@ fn output_transform<E: WinogradElement>(
         c_out: o,
         rows_per_o,
         first_row,
-        ..
+        fast,
     } = *task;
     let (mt, n) = (tr.m, tr.n());
-    let out_rows = mt.min(rows_per_o - first_row);
-    if mt == 2 {
-        return output_row_f2(task, scratch, rows, out_rows);
-    }
-    let (down, ys) = scratch.split_at_mut(mt * n * o);
+    let width = mt * tiles.cols;
+    let (pixels, rest) = scratch.split_at_mut(mt * width * o);
+    let (block, down) = rest.split_at_mut(256);
     for j in 0..tiles.cols {
         let tile = first_tile + j;
-        general_output_tile(tr, m, band, tile, o, down, ys);
-        let ox = mt * j;
-        let cols = mt.min(tiles.wo - ox);
-        for ch in 0..o {
-            let b = bias[ch];
-            let top = ch * rows_per_o + first_row;
-            for r in 0..out_rows {
-                let row = &mut rows[top + r][ox..ox + cols];
-                for (s, dst) in row.iter_mut().enumerate() {
-                    *dst = E::round(ys[(r * mt + s) * o + ch] + b);
+        let at = |xi: usize| &m[(xi * band + tile) * o..(xi * band + tile + 1) * o];
+        if mt == 2 {
+            // F(2×2) written out (as the input transform): Aᵀ = [[1, 1, 1, 0],
+            // [0, 1, -1, -1]].
+            let (top, bottom) = pixels.split_at_mut(width * o);
+            let (y0, y1) = top[2 * j * o..(2 * j + 2) * o].split_at_mut(o);
+            let (y2, y3) = bottom[2 * j * o..(2 * j + 2) * o].split_at_mut(o);
+            for y in [&mut *y0, &mut *y1, &mut *y2, &mut *y3] {
+                y.copy_from_slice(bias);
+            }
+            for (b, (w0, w1)) in [(1.0, 0.0), (1.0, 1.0), (1.0, -1.0), (0.0, -1.0f32)]
+                .into_iter()
+                .enumerate()
+            {
+                let (m0, m1, m2, m3) = (at(b), at(4 + b), at(8 + b), at(12 + b));
+                for ch in 0..o {
+                    let s0 = m0[ch] + m1[ch] + m2[ch];
+                    let s1 = m1[ch] - m2[ch] - m3[ch];
+                    y0[ch] += w0 * s0;
+                    y1[ch] += w1 * s0;
+                    y2[ch] += w0 * s1;
+                    y3[ch] += w1 * s1;
+                }
+            }
+            continue;
+        }
+        // (Aᵀ M)[r][b] = Σ_a Aᵀ[r][a] · M[a][b]
+        for r in 0..mt {
+            for b in 0..n {
+                let dst = &mut down[(r * n + b) * o..(r * n + b + 1) * o];
+                combine(
+                    &tr.at[r * n..(r + 1) * n],
+                    |a| ((a * n + b) * band + tile) * o,
+                    m,
+                    o,
+                    dst,
+                );
+            }
+        }
+        // Y[r][s] = Σ_b (Aᵀ M)[r][b] · Aᵀ[s][b] + bias
+        for r in 0..mt {
+            for s in 0..mt {
+                let x = mt * j + s;
+                let dst = &mut pixels[(r * width + x) * o..(r * width + x + 1) * o];
+                combine(
+                    &tr.at[s * n..(s + 1) * n],
+                    |b| (r * n + b) * o,
+                    down,
+                    o,
+                    dst,
+                );
+                for (d, &b) in dst.iter_mut().zip(bias) {
+                    *d += b;
                 }
             }
         }
     }
-}
-
-/// F(2×2)'s output transform for one tile row, written out: `Aᵀ = [[1, 1, 1, 0],
-/// [0, 1, -1, -1]]`. The row's pixels are first gathered channels-last, `[r][x][o]`
-/// (vectorised across channels, as `M` is laid out), then moved to the channel-first output
-/// rows in 16 × 16 register transposes, so every store runs along an output row.
-#[inline(always)]
-fn output_row_f2<E: WinogradElement>(
-    task: &OutputTask<'_>,
-    scratch: &mut [f32],
-    rows: &mut [&mut [E]],
-    out_rows: usize,
-) {
-    let OutputTask {
-        m,
-        band,
-        first_tile,
-        bias,
-        tiles,
-        c_out: o,
-        rows_per_o,
-        first_row,
-        fast,
-        ..
-    } = *task;
-    let width = 2 * tiles.cols;
-    let (pixels, block) = scratch.split_at_mut(2 * width * o);
-    let block = &mut block[..256];
-    for j in 0..tiles.cols {
-        let tile = first_tile + j;
-        let at = |xi: usize| &m[(xi * band + tile) * o..(xi * band + tile + 1) * o];
-        let (top, bottom) = pixels.split_at_mut(width * o);
-        let (y0, y1) = top[2 * j * o..(2 * j + 2) * o].split_at_mut(o);
-        let (y2, y3) = bottom[2 * j * o..(2 * j + 2) * o].split_at_mut(o);
-        y0.copy_from_slice(bias);
-        y1.copy_from_slice(bias);
-        y2.copy_from_slice(bias);
-        y3.copy_from_slice(bias);
-        for (b, (w0, w1)) in [(1.0, 0.0), (1.0, 1.0), (1.0, -1.0), (0.0, -1.0f32)]
-            .into_iter()
-            .enumerate()
-        {
-            let (m0, m1, m2, m3) = (at(b), at(4 + b), at(8 + b), at(12 + b));
-            for ch in 0..o {
-                let s0 = m0[ch] + m1[ch] + m2[ch];
-                let s1 = m1[ch] - m2[ch] - m3[ch];
-                y0[ch] += w0 * s0;
-                y1[ch] += w1 * s0;
-                y2[ch] += w0 * s1;
-                y3[ch] += w1 * s1;
-            }
-        }
-    }
     let wo = tiles.wo;
-    for r in 0..out_rows {
+    for r in 0..mt.min(rows_per_o - first_row) {
         let src = &pixels[r * width * o..(r + 1) * width * o];
         for c0 in (0..o).step_by(16) {
             let cb = 16.min(o - c0);
@@ -887,48 +873,6 @@ fn output_row_f2<E: WinogradElement>(
                         *dst = E::round(src[(x0 + k) * o + c0 + cc]);
                     }
                 }
-            }
-        }
-    }
-}
-
-/// `Aᵀ M A` of one tile for any variant, into `ys[(r·m + s)·o + channel]`.
-#[inline(always)]
-fn general_output_tile(
-    tr: &Transforms,
-    m: &[f32],
-    band: usize,
-    tile: usize,
-    o: usize,
-    down: &mut [f32],
-    ys: &mut [f32],
-) {
-    let (mt, n) = (tr.m, tr.n());
-    {
-        // (Aᵀ M)[r][b] = Σ_a Aᵀ[r][a] · M[a][b]
-        for r in 0..mt {
-            for b in 0..n {
-                let dst = &mut down[(r * n + b) * o..(r * n + b + 1) * o];
-                combine(
-                    &tr.at[r * n..(r + 1) * n],
-                    |a| ((a * n + b) * band + tile) * o,
-                    m,
-                    o,
-                    dst,
-                );
-            }
-        }
-        // Y[r][s] = Σ_b (Aᵀ M)[r][b] · Aᵀ[s][b]
-        for r in 0..mt {
-            for s in 0..mt {
-                let dst = &mut ys[(r * mt + s) * o..(r * mt + s + 1) * o];
-                combine(
-                    &tr.at[s * n..(s + 1) * n],
-                    |b| (r * n + b) * o,
-                    down,
-                    o,
-                    dst,
-                );
             }
         }
     }

@@ -35,14 +35,43 @@ pub struct Problem<'a, E> {
 /// A bf16 copy of C written tile by tile as each tile becomes final (after its last depth
 /// block), with a bias added, while the tile is still in L1. The bf16 linear layers used
 /// to fill C with the bias first and round all of it in a pass afterwards: two more trips
-/// through memory for every output.
+/// through memory for every output. [`run`] writes every element of `out` exactly once.
 #[derive(Clone, Copy)]
 pub struct RoundTiles<'a> {
-    /// `items · m × n`, row-major like C; written only here, each element once.
+    /// `items · m × n`, row-major like C (for one thread's block: from its first element,
+    /// with C's row stride).
     pub out: SharedBf16,
-    /// `n` values added to every row, or none.
+    /// `n` values added to every row (for a block: from its first column), or none.
     pub bias: Option<&'a [f32]>,
     pub path: crate::KernelPath,
+}
+
+impl RoundTiles<'_> {
+    /// Rounds the finished `rows × cols` of C at row `row`, column `col` (row stride
+    /// `ldc`, C's and `out`'s) into `out`.
+    ///
+    /// # Safety
+    /// `c` holds that region, and `out` and `bias` are as described on the type.
+    unsafe fn finish(
+        self,
+        c: *const f32,
+        ldc: usize,
+        (row, col): (usize, usize),
+        (rows, cols): (usize, usize),
+    ) {
+        crate::kernel_path::run_vectorised(
+            self.path,
+            RoundTile {
+                c,
+                ldc,
+                // SAFETY: per the caller, (row, col) lies inside `out`.
+                out: unsafe { self.out.0.add(row * ldc + col) },
+                bias: self.bias.map(|b| &b[col..]),
+                rows,
+                cols,
+            },
+        );
+    }
 }
 
 /// The bf16 output of [`RoundTiles`]; jobs write disjoint tiles of it.
@@ -54,13 +83,12 @@ unsafe impl Send for SharedBf16 {}
 // SAFETY: as above.
 unsafe impl Sync for SharedBf16 {}
 
-/// One finished tile to round: `rows × cols` of C (row stride `ldc`) to `out` (row stride
-/// `n`), `bias` starting at the tile's first column.
+/// One finished tile to round: `rows × cols` of C to `out`, both with row stride `ldc`,
+/// `bias` starting at the tile's first column.
 struct RoundTile<'a> {
     c: *const f32,
     ldc: usize,
     out: *mut half::bf16,
-    n: usize,
     bias: Option<&'a [f32]>,
     rows: usize,
     cols: usize,
@@ -75,7 +103,7 @@ impl crate::kernel_path::VectorTask for RoundTile<'_> {
             let (src, dst) = unsafe {
                 (
                     std::slice::from_raw_parts(self.c.add(i * self.ldc), self.cols),
-                    std::slice::from_raw_parts_mut(self.out.add(i * self.n), self.cols),
+                    std::slice::from_raw_parts_mut(self.out.add(i * self.ldc), self.cols),
                 )
             };
             match self.bias {
@@ -84,11 +112,7 @@ impl crate::kernel_path::VectorTask for RoundTile<'_> {
                         *d = crate::convert::round_bf16(s + b);
                     }
                 }
-                None => {
-                    for (d, &s) in dst.iter_mut().zip(src) {
-                        *d = crate::convert::round_bf16(s);
-                    }
-                }
+                None => crate::convert::round_slice(src, dst),
             }
         }
     }
@@ -233,7 +257,7 @@ pub(crate) fn plan_jobs(
         let by_rows = if b_packed {
             row_strips >= threads * 2 || row_strips >= col_strips
         } else {
-            !(col_strips >= threads * 2 || col_strips >= row_strips)
+            col_strips < threads * 2 && col_strips < row_strips
         };
         if !by_rows {
             for (start, end) in split_even(col_strips, threads) {
@@ -288,6 +312,11 @@ pub(crate) fn run<E: GemmInput, K: MicroKernel<E>>(p: &Problem<'_, E>, c: &mut [
         if !p.accumulate {
             c.fill(0.0);
         }
+        if let Some(round) = p.round {
+            // No depth block runs, so no tile is finished by the kernels.
+            // SAFETY: C and `out` both hold `items · m × n`.
+            unsafe { round.finish(c.as_ptr(), n, (0, 0), (p.offsets.len() * m, n)) };
+        }
         return;
     }
     let jobs = plan_jobs(
@@ -331,8 +360,8 @@ pub(crate) fn run<E: GemmInput, K: MicroKernel<E>>(p: &Problem<'_, E>, c: &mut [
                 .get()
                 .add(job.item * m * n + job.rows.0 * n + job.cols.0);
             // The tile at (row, col) of this block rounds to `out` at the same place in C.
-            let round = p.round.map(|r| BlockRound {
-                out: r.out.0.add(job.item * m * n + job.rows.0 * n + job.cols.0),
+            let round = p.round.map(|r| RoundTiles {
+                out: SharedBf16(r.out.0.add(job.item * m * n + job.rows.0 * n + job.cols.0)),
                 bias: r.bias.map(|b| &b[job.cols.0..]),
                 path: r.path,
             });
@@ -358,14 +387,6 @@ pub(crate) fn run<E: GemmInput, K: MicroKernel<E>>(p: &Problem<'_, E>, c: &mut [
     } else {
         jobs.par_iter().for_each(run_job);
     }
-}
-
-/// [`RoundTiles`] for one thread's block: `out` and `bias` start at its first element.
-#[derive(Clone, Copy)]
-struct BlockRound<'a> {
-    out: *mut half::bf16,
-    bias: Option<&'a [f32]>,
-    path: crate::KernelPath,
 }
 
 #[derive(Clone, Copy)]
@@ -408,7 +429,7 @@ unsafe fn gemm_block<E, K: MicroKernel<E>>(
     rhs: RhsSource<E, K::Packed>,
     (c, ldc): (*mut f32, usize),
     accumulate: bool,
-    round: Option<BlockRound<'_>>,
+    round: Option<RoundTiles<'_>>,
     buffers: &mut PackBuffers,
 ) {
     let BlockShape { m, n, k } = shape;
@@ -416,7 +437,11 @@ unsafe fn gemm_block<E, K: MicroKernel<E>>(
     // k would leave a half pair reading past the row).
     let direct_a = a_in_place && K::DIRECT_A && a_cs == 1 && k.is_multiple_of(K::K_PER_PACKED);
     let kp_max = K::KC.min(k).div_ceil(K::K_PER_PACKED);
-    let a_len = K::MC.min(m).next_multiple_of(K::MR) * kp_max;
+    let a_len = if direct_a {
+        0
+    } else {
+        K::MC.min(m).next_multiple_of(K::MR) * kp_max
+    };
     // With a single row block each B micro-panel is used once, right after packing: one
     // micro-panel of space suffices and the column blocking is moot. Prepacked B needs
     // neither space nor column blocks.
@@ -439,7 +464,9 @@ unsafe fn gemm_block<E, K: MicroKernel<E>>(
                 let acc = accumulate || pc > 0;
                 for ic in (0..m).step_by(K::MC) {
                     let mc = K::MC.min(m - ic);
-                    for (strip, ir) in (0..mc).step_by(K::MR).enumerate().filter(|_| !direct_a) {
+                    // Rows to pack: none when A is read in place.
+                    let packed_rows = if direct_a { 0 } else { mc };
+                    for (strip, ir) in (0..packed_rows).step_by(K::MR).enumerate() {
                         K::pack(
                             a.add((ic + ir) * a_rs + pc * a_cs),
                             a_rs,
@@ -515,19 +542,7 @@ unsafe fn gemm_block<E, K: MicroKernel<E>>(
                                 );
                             }
                             if let Some(r) = round.filter(|_| last_depth) {
-                                let col = jc + jr;
-                                crate::kernel_path::run_vectorised(
-                                    r.path,
-                                    RoundTile {
-                                        c: tile_c,
-                                        ldc,
-                                        out: r.out.add((ic + ir) * ldc + col),
-                                        n: ldc,
-                                        bias: r.bias.map(|b| &b[col..]),
-                                        rows,
-                                        cols,
-                                    },
-                                );
+                                r.finish(tile_c, ldc, (ic + ir, jc + jr), (rows, cols));
                             }
                         }
                     }

@@ -382,18 +382,18 @@ pub fn gemm_prepacked<E: GemmInput>(
     c: &mut [f32],
     accumulate: bool,
 ) -> Result<()> {
-    prepacked_product(a, b, c, accumulate, false)
+    prepacked_product(a, b, c, accumulate, Placement::Spread, None)
 }
 
-/// [`gemm_prepacked`] on the calling thread only, for callers that run many small
-/// products in parallel themselves.
+/// [`gemm_prepacked`] on the calling thread only, reading A in place where the kernel can:
+/// for the Winograd convolution, which runs many small products in parallel itself.
 pub(crate) fn gemm_prepacked_here<E: GemmInput>(
     a: MatRef<'_, E>,
     b: &PackedRhs<E>,
     c: &mut [f32],
     accumulate: bool,
 ) -> Result<()> {
-    prepacked_product(a, b, c, accumulate, true)
+    prepacked_product(a, b, c, accumulate, Placement::HereInPlace, None)
 }
 
 /// `round_bf16(A · B + bias)` with B packed beforehand: a bf16 linear layer. Each tile is
@@ -405,57 +405,43 @@ pub fn gemm_prepacked_bf16(
     bias: Option<&[f32]>,
     scratch: &mut [f32],
 ) -> Result<Vec<half::bf16>> {
-    let (m, k, n) = check_prepacked(&a, b, scratch)?;
-    if let Some(bias) = bias.filter(|bias| bias.len() != n) {
+    if let Some(bias) = bias.filter(|bias| bias.len() != b.cols) {
         return Err(KernelError::OutputLen {
-            expected: n,
+            expected: b.cols,
             found: bias.len(),
         });
     }
-    if k == 0 || m == 0 || n == 0 {
-        // No depth block runs, so no tile is finished by the kernels.
-        let row: Vec<_> = (0..n)
-            .map(|j| crate::convert::round_bf16(bias.map_or(0.0, |b| b[j])))
-            .collect();
-        return Ok(row.repeat(m));
-    }
-    let mut out = Vec::with_capacity(m * n);
-    let problem = Problem {
-        m,
-        n,
-        k,
-        a: a.data,
-        a_strides: (a.row_stride, a.col_stride),
-        b: Rhs::Prepacked(&b.lines),
-        offsets: &[(0, 0)],
-        accumulate: false,
-        this_thread: false,
-        a_in_place: false,
-        round: Some(driver::RoundTiles {
-            out: driver::SharedBf16(out.as_mut_ptr()),
-            bias,
-            path: b.path,
-        }),
+    let mut out = Vec::with_capacity(scratch.len());
+    let round = driver::RoundTiles {
+        out: driver::SharedBf16(out.as_mut_ptr()),
+        bias,
+        path: b.path,
     };
-    <half::bf16 as sealed::Dispatch>::with_kernel(
-        b.path,
-        RunProblem {
-            problem: &problem,
-            c: scratch,
-        },
-    );
-    // SAFETY: with k > 0 every tile of the m × n product reaches its last depth block, where
-    // `RoundTiles` writes it; the jobs cover C exactly once, so all m·n elements are set.
-    unsafe { out.set_len(m * n) };
+    prepacked_product(a, b, scratch, false, Placement::Spread, Some(round))?;
+    // SAFETY: the product checked that `scratch` (and so `out`'s capacity) is m × n, and
+    // the driver writes every element of a `RoundTiles` output (see `driver::run`).
+    unsafe { out.set_len(scratch.len()) };
     Ok(out)
 }
 
-/// `(m, k, n)` of `A · B` into `c`, once A's columns meet B's rows and C is `m × n`.
-fn check_prepacked<E>(
-    a: &MatRef<'_, E>,
+/// Where a prepacked product runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Over the pool, A packed.
+    Spread,
+    /// On the calling thread, A read in place where the kernel can (see
+    /// `driver::Problem::a_in_place`): the Winograd convolution's many small products.
+    HereInPlace,
+}
+
+fn prepacked_product<E: GemmInput>(
+    a: MatRef<'_, E>,
     b: &PackedRhs<E>,
-    c: &[f32],
-) -> Result<(usize, usize, usize)> {
+    c: &mut [f32],
+    accumulate: bool,
+    placement: Placement,
+    round: Option<driver::RoundTiles<'_>>,
+) -> Result<()> {
     if a.cols != b.rows {
         return Err(KernelError::InnerDim {
             a_cols: a.cols,
@@ -472,17 +458,6 @@ fn check_prepacked<E>(
             found: c.len(),
         });
     }
-    Ok((m, k, n))
-}
-
-fn prepacked_product<E: GemmInput>(
-    a: MatRef<'_, E>,
-    b: &PackedRhs<E>,
-    c: &mut [f32],
-    accumulate: bool,
-    this_thread: bool,
-) -> Result<()> {
-    let (m, k, n) = check_prepacked(&a, b, c)?;
     let problem = Problem {
         m,
         n,
@@ -492,10 +467,9 @@ fn prepacked_product<E: GemmInput>(
         b: Rhs::Prepacked(&b.lines),
         offsets: &[(0, 0)],
         accumulate,
-        this_thread,
-        // The one caller on its own thread is the Winograd convolution (see `Problem`).
-        a_in_place: this_thread,
-        round: None,
+        this_thread: placement == Placement::HereInPlace,
+        a_in_place: placement == Placement::HereInPlace,
+        round,
     };
     E::with_kernel(
         b.path,
