@@ -43,7 +43,7 @@ fn tanh(u: f32) -> f32 {
 /// GELU with the tanh approximation, as candle's `gelu` and diffusers' "gelu-approximate":
 /// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
 #[inline(always)]
-fn gelu(x: f32) -> f32 {
+pub(crate) fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + tanh(SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)))
 }
 

@@ -743,49 +743,83 @@ impl PackedLinear {
 
     /// `x` `(.., in)` in the weight's dtype to `(.., out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.contiguous()?.apply_op1_no_bwd(self)
+        x.contiguous()?.apply_op1_no_bwd(&LinearThen {
+            linear: self,
+            gelu: false,
+        })
+    }
+
+    /// `gelu_tanh(self.forward(x))`, the same numbers, with the GELU applied to each bf16
+    /// tile of the product while it is still in cache.
+    pub fn forward_gelu_tanh(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1_no_bwd(&LinearThen {
+            linear: self,
+            gelu: true,
+        })
     }
 }
 
-impl candle_core::CustomOp1 for PackedLinear {
+/// A [`PackedLinear`], optionally followed by [`gelu_tanh`].
+struct LinearThen<'a> {
+    linear: &'a PackedLinear,
+    gelu: bool,
+}
+
+impl candle_core::CustomOp1 for LinearThen<'_> {
     fn name(&self) -> &'static str {
-        "kiln-packed-linear"
+        if self.gelu {
+            "kiln-packed-linear-gelu"
+        } else {
+            "kiln-packed-linear"
+        }
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (linear, gelu) = (self.linear, self.gelu);
         let dims = layout.dims();
-        if dims.last() != Some(&self.in_dim) {
+        if dims.last() != Some(&linear.in_dim) {
             candle_core::bail!(
                 "kiln-packed-linear: input {dims:?} does not end in {} features",
-                self.in_dim
+                linear.in_dim
             );
         }
         let (start, end) = contiguous_range(layout)?;
-        let rows = (end - start) / self.in_dim.max(1);
+        let rows = (end - start) / linear.in_dim.max(1);
         let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("rank >= 1") = self.out_dim;
+        *out_dims.last_mut().expect("rank >= 1") = linear.out_dim;
         let shape = Shape::from(out_dims);
         let wrap = candle_core::Error::wrap;
-        let fill = |c: &mut [f32]| match &self.bias {
+        let fill = |c: &mut [f32]| match &linear.bias {
             Some(b) => c
-                .chunks_exact_mut(self.out_dim)
+                .chunks_exact_mut(linear.out_dim)
                 .for_each(|row| row.copy_from_slice(b)),
             None => c.fill(0.0),
         };
-        let out = match (storage, &self.weight) {
+        let out = match (storage, &linear.weight) {
             (CpuStorage::F32(x), PackedWeight::F32(w)) => {
                 let a =
-                    crate::MatRef::row_major(&x[start..end], rows, self.in_dim).map_err(wrap)?;
-                let mut c = vec![0f32; rows * self.out_dim];
+                    crate::MatRef::row_major(&x[start..end], rows, linear.in_dim).map_err(wrap)?;
+                let mut c = vec![0f32; rows * linear.out_dim];
                 fill(&mut c);
                 crate::gemm_prepacked(a, w, &mut c, true).map_err(wrap)?;
+                if gelu {
+                    let mut y = vec![0f32; c.len()];
+                    crate::activation::gelu_tanh_f32(&c, &mut y).map_err(wrap)?;
+                    c = y;
+                }
                 CpuStorage::F32(c)
             }
             (CpuStorage::BF16(x), PackedWeight::Bf16(w)) => {
                 let a =
-                    crate::MatRef::row_major(&x[start..end], rows, self.in_dim).map_err(wrap)?;
-                let rounded = with_f32_scratch(rows * self.out_dim, |c| {
-                    crate::gemm_prepacked_bf16(a, w, self.bias.as_deref(), c).map_err(wrap)
+                    crate::MatRef::row_major(&x[start..end], rows, linear.in_dim).map_err(wrap)?;
+                let rounded = with_f32_scratch(rows * linear.out_dim, |c| {
+                    let epilogue = if gelu {
+                        crate::Epilogue::RoundGeluTanh
+                    } else {
+                        crate::Epilogue::Round
+                    };
+                    crate::gemm_prepacked_bf16(a, w, linear.bias.as_deref(), epilogue, c)
+                        .map_err(wrap)
                 })?;
                 CpuStorage::BF16(rounded)
             }

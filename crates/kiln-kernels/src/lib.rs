@@ -46,7 +46,7 @@ pub use convert::f32_to_bf16;
 pub use error::{KernelError, Result};
 pub use gemm::{
     gemm, gemm_batched, gemm_batched_with, gemm_prepacked, gemm_prepacked_bf16, gemm_with,
-    GemmInput, PackedRhs,
+    Epilogue, GemmInput, PackedRhs,
 };
 pub use kernel_path::KernelPath;
 pub use matrix::{BatchRef, MatRef};

@@ -9,8 +9,8 @@
 
 use half::bf16;
 use kiln_kernels::{
-    gemm, gemm_batched_with, gemm_prepacked, gemm_prepacked_bf16, gemm_with, BatchRef, GemmInput,
-    KernelError, KernelPath, MatRef, PackedRhs,
+    gemm, gemm_batched_with, gemm_prepacked, gemm_prepacked_bf16, gemm_with, BatchRef, Epilogue,
+    GemmInput, KernelError, KernelPath, MatRef, PackedRhs,
 };
 
 /// Deterministic values in [-1, 1) from a 64-bit LCG (no dependency on `rand`).
@@ -386,11 +386,21 @@ fn bf16_prepacked_rounded_equals_product_plus_bias_rounded() {
                     .map(|(i, &s)| bf16::from_f32(s + b.map_or(0.0, |b| b[i % n.max(1)])))
                     .collect();
                 let mut scratch = values(m * n, 10);
-                let got = gemm_prepacked_bf16(a, &packed, b, &mut scratch).unwrap();
+                let got = gemm_prepacked_bf16(a, &packed, b, Epilogue::Round, &mut scratch);
                 assert_eq!(
-                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                    expected.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    bits(&got.unwrap()),
+                    bits(&expected),
                     "{path:?} {m}x{n}x{k} bias {with_bias}"
+                );
+                // The fused GELU equals the separate layer on the rounded output.
+                let mut expected_gelu = vec![bf16::ZERO; expected.len()];
+                kiln_kernels::activation::gelu_tanh_bf16(&expected, &mut expected_gelu).unwrap();
+                let mut scratch = values(m * n, 11);
+                let got = gemm_prepacked_bf16(a, &packed, b, Epilogue::RoundGeluTanh, &mut scratch);
+                assert_eq!(
+                    bits(&got.unwrap()),
+                    bits(&expected_gelu),
+                    "{path:?} {m}x{n}x{k} bias {with_bias}, GELU"
                 );
             }
             assert!(
@@ -398,12 +408,18 @@ fn bf16_prepacked_rounded_equals_product_plus_bias_rounded() {
                     a,
                     &packed,
                     Some(&bias[..n.saturating_sub(1)]),
+                    Epilogue::Round,
                     &mut vec![0.0; m * n]
                 )
                 .is_err()
                     || n == 0
             );
-            assert!(gemm_prepacked_bf16(a, &packed, None, &mut vec![0.0; m * n + 1]).is_err());
+            let mut too_long = vec![0.0; m * n + 1];
+            assert!(gemm_prepacked_bf16(a, &packed, None, Epilogue::Round, &mut too_long).is_err());
         }
     }
+}
+
+fn bits(values: &[bf16]) -> Vec<u16> {
+    values.iter().map(|v| v.to_bits()).collect()
 }

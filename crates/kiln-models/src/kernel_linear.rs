@@ -41,6 +41,17 @@ pub fn kernel_linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Ke
     KernelLinear::for_inference(inner.weight().clone(), inner.bias().cloned())
 }
 
+impl KernelLinear {
+    /// `gelu_tanh(self.forward(x))` (computed in f32, rounded to `x`'s dtype); packed bf16
+    /// layers apply it to each tile of the product while it is in cache.
+    pub fn forward_gelu_tanh(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Packed(packed) if !x.track_op() => packed.forward_gelu_tanh(x),
+            _ => kiln_kernels::candle_ops::gelu_tanh(&self.forward(x)?),
+        }
+    }
+}
+
 impl Module for KernelLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (weight, bias) = match self {
@@ -121,6 +132,35 @@ mod tests {
         assert!(matches!(trainable, KernelLinear::Plain { .. }));
         let grads = trainable.forward(&x)?.sum_all()?.backward()?;
         assert!(grads.get(var.as_tensor()).is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn fused_gelu_equals_the_separate_activation() -> Result<()> {
+        let dev = Device::Cpu;
+        let (out, inp) = (150, 70);
+        let w = Tensor::randn(0f32, 0.2, (out, inp), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, out, &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (2, 9, inp), &dev)?;
+        for dtype in [DType::F32, DType::BF16] {
+            let (w, x) = (w.to_dtype(dtype)?, x.to_dtype(dtype)?);
+            for layer in [
+                KernelLinear::for_inference(w.clone(), Some(b.clone()))?,
+                KernelLinear::new(w.clone(), Some(b.to_dtype(dtype)?)),
+            ] {
+                let separate = kiln_kernels::candle_ops::gelu_tanh(&layer.forward(&x)?)?;
+                let fused = layer.forward_gelu_tanh(&x)?;
+                assert_eq!(fused.dtype(), dtype);
+                let (f, s) = (fused.to_dtype(DType::F32)?, separate.to_dtype(DType::F32)?);
+                let diff = (f - s)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert_eq!(
+                    diff,
+                    0.0,
+                    "{dtype:?} packed {}",
+                    matches!(layer, KernelLinear::Packed(_))
+                );
+            }
+        }
         Ok(())
     }
 }

@@ -43,6 +43,8 @@ pub struct RoundTiles<'a> {
     pub out: SharedBf16,
     /// `n` values added to every row (for a block: from its first column), or none.
     pub bias: Option<&'a [f32]>,
+    /// Applied to each rounded value, and rounded again, while the tile is in L1.
+    pub epilogue: super::Epilogue,
     pub path: crate::KernelPath,
 }
 
@@ -67,6 +69,7 @@ impl RoundTiles<'_> {
                 // SAFETY: per the caller, (row, col) lies inside `out`.
                 out: unsafe { self.out.0.add(row * ldc + col) },
                 bias: self.bias.map(|b| &b[col..]),
+                epilogue: self.epilogue,
                 rows,
                 cols,
             },
@@ -90,6 +93,7 @@ struct RoundTile<'a> {
     ldc: usize,
     out: *mut half::bf16,
     bias: Option<&'a [f32]>,
+    epilogue: super::Epilogue,
     rows: usize,
     cols: usize,
 }
@@ -113,6 +117,17 @@ impl crate::kernel_path::VectorTask for RoundTile<'_> {
                     }
                 }
                 None => crate::convert::round_slice(src, dst),
+            }
+            match self.epilogue {
+                super::Epilogue::Round => {}
+                // Rounded twice, as the separate layer would: the reference's GELU reads
+                // the bf16 output of the linear layer.
+                super::Epilogue::RoundGeluTanh => {
+                    use crate::norm::Activation;
+                    for d in dst.iter_mut() {
+                        *d = half::bf16::store(crate::activation::gelu(d.load()));
+                    }
+                }
             }
         }
     }
@@ -363,6 +378,7 @@ pub(crate) fn run<E: GemmInput, K: MicroKernel<E>>(p: &Problem<'_, E>, c: &mut [
             let round = p.round.map(|r| RoundTiles {
                 out: SharedBf16(r.out.0.add(job.item * m * n + job.rows.0 * n + job.cols.0)),
                 bias: r.bias.map(|b| &b[job.cols.0..]),
+                epilogue: r.epilogue,
                 path: r.path,
             });
             with_pack_buffers(|buffers| {

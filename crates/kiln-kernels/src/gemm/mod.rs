@@ -396,13 +396,26 @@ pub(crate) fn gemm_prepacked_here<E: GemmInput>(
     prepacked_product(a, b, c, accumulate, Placement::HereInPlace, None)
 }
 
-/// `round_bf16(A · B + bias)` with B packed beforehand: a bf16 linear layer. Each tile is
-/// rounded as soon as its sum is final, while it is still in cache; `scratch` (`m × n`)
-/// holds the f32 sums on the way. The result is written once, never zeroed first.
+/// What a bf16 linear layer does with each rounded output before it leaves the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Epilogue {
+    /// `round_bf16(A · B + bias)`.
+    #[default]
+    Round,
+    /// `round_bf16(gelu_tanh(round_bf16(A · B + bias)))`: the linear layer and the GELU
+    /// after it (Wan's feed-forward), in one pass over the output.
+    RoundGeluTanh,
+}
+
+/// `round_bf16(A · B + bias)` with B packed beforehand: a bf16 linear layer, then
+/// `epilogue`. Each tile is finished as soon as its sum is final, while it is still in
+/// cache; `scratch` (`m × n`) holds the f32 sums on the way. The result is written once,
+/// never zeroed first.
 pub fn gemm_prepacked_bf16(
     a: MatRef<'_, half::bf16>,
     b: &PackedRhs<half::bf16>,
     bias: Option<&[f32]>,
+    epilogue: Epilogue,
     scratch: &mut [f32],
 ) -> Result<Vec<half::bf16>> {
     if let Some(bias) = bias.filter(|bias| bias.len() != b.cols) {
@@ -415,6 +428,7 @@ pub fn gemm_prepacked_bf16(
     let round = driver::RoundTiles {
         out: driver::SharedBf16(out.as_mut_ptr()),
         bias,
+        epilogue,
         path: b.path,
     };
     prepacked_product(a, b, scratch, false, Placement::Spread, Some(round))?;

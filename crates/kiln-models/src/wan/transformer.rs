@@ -371,8 +371,7 @@ impl FeedForward {
 
 impl Module for FeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.proj_out
-            .forward(&gelu_tanh(&self.proj_in.forward(x)?)?)
+        self.proj_out.forward(&self.proj_in.forward_gelu_tanh(x)?)
     }
 }
 
@@ -441,11 +440,6 @@ impl TransformerBlock {
         let ff = self.ffn.forward(&h)?;
         gated_residual(&x, &ff, c_gate_msa)
     }
-}
-
-/// Tanh-approximated GELU evaluated in f32 (candle's half-precision GELU rounds every step).
-fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    kiln_kernels::candle_ops::gelu_tanh(x)
 }
 
 /// SiLU evaluated in f32.
@@ -583,7 +577,7 @@ impl ConditionEmbedder {
         let modulation = self.time_proj.forward(&silu(&temb)?)?;
         let (b, six_dim) = modulation.dims2()?;
         let modulation = modulation.reshape((b, 6, six_dim / 6))?;
-        let context = gelu_tanh(&self.text_linear_1.forward(text)?)?;
+        let context = self.text_linear_1.forward_gelu_tanh(text)?;
         let context = self.text_linear_2.forward(&context)?;
         Ok((temb, modulation, context))
     }
