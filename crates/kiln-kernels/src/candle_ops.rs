@@ -972,3 +972,133 @@ impl candle_core::CustomOp1 for WinogradConv {
         Ok((out, shape))
     }
 }
+
+/// Kernel rows (or columns) of a 3×3 kernel that land on tap `j` of the 2×2 phase kernel
+/// for output phase `a`, through a 2× nearest upsampling: output row `2i + a` reads upsampled
+/// rows `2i + a − 1 ..= 2i + a + 1`, which are small rows `i − 1, i, i` for `a = 0` and
+/// `i, i, i + 1` for `a = 1`; tap `j` of a 2×2 convolution padded by 1 at output row
+/// `i + a` reads small row `i + a − 1 + j`.
+const PHASE_TAPS: [[&[usize]; 2]; 2] = [[&[0], &[1, 2]], [&[0, 1], &[2]]];
+
+/// The 3×3 convolution (padding 1) of a frame upsampled 2× by repeating each pixel 2×2
+/// (diffusers' `Upsample(scale_factor=2, mode="nearest-exact")` then `Conv2d`), as a 2×2
+/// convolution (padding 1) of the frame itself into `4·O` channels. Through the repeated
+/// pixels each output pixel sees only 2×2 distinct inputs, so each of the four output
+/// phases is a 2×2 kernel of summed taps: 16 multiplies per small pixel and (input, output)
+/// channel pair, as the 3×3 convolution of the 4× larger frame, whose copy is never made.
+/// [`interleave_phases`] puts the phases in place.
+///
+/// `weight` `(O, 3·3·C)` (taps outer, channels inner) in f32 or bf16; returns `(4·O, 2·2·C)`
+/// in `dtype`, row `p·O + o` the kernel of phase `p = 2a + b` (output pixel
+/// `(2i + a, 2j + b)`). The taps are summed in f32 and rounded to `dtype` once.
+pub fn nearest_upsample_phase_weights(weight: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (c_out, k) = weight.dims2()?;
+    if k % 9 != 0 {
+        candle_core::bail!("upsample phases: weight has {k} columns, not 3·3·C");
+    }
+    let c_in = k / 9;
+    let w = weight
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let mut phases = vec![0f32; 4 * c_out * 4 * c_in];
+    for (p, phase) in phases.chunks_mut(c_out * 4 * c_in).enumerate() {
+        let (a, b) = (p / 2, p % 2);
+        for (o, row) in phase.chunks_mut(4 * c_in).enumerate() {
+            let w = &w[o * k..(o + 1) * k];
+            for (jy, jx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                let out = &mut row[(jy * 2 + jx) * c_in..][..c_in];
+                for &ky in PHASE_TAPS[a][jy] {
+                    for &kx in PHASE_TAPS[b][jx] {
+                        let tap = &w[(ky * 3 + kx) * c_in..][..c_in];
+                        out.iter_mut().zip(tap).for_each(|(v, &t)| *v += t);
+                    }
+                }
+            }
+        }
+    }
+    Tensor::from_vec(phases, (4 * c_out, 4 * c_in), weight.device())?.to_dtype(dtype)
+}
+
+/// The output of the 2×2 phase convolution, `(N, 4·O, H + 1, W + 1)`, to the upsampled
+/// convolution's `(N, O, 2H, 2W)`: output pixel `(2i + a, 2j + b)` of channel `o` is pixel
+/// `(i + a, j + b)` of channel `(2a + b)·O + o`. CPU f32 and bf16 outside autograd move
+/// rows in parallel; anything else takes candle's narrow, stack and reshape.
+pub fn interleave_phases(y: &Tensor) -> Result<Tensor> {
+    let (n, c4, h1, w1) = y.dims4()?;
+    if c4 % 4 != 0 || h1 == 0 || w1 == 0 {
+        candle_core::bail!(
+            "interleave_phases: {:?} is not (N, 4·O, H + 1, W + 1)",
+            y.dims()
+        );
+    }
+    let (o, h, w) = (c4 / 4, h1 - 1, w1 - 1);
+    let fast = y.device().is_cpu() && matches!(y.dtype(), DType::F32 | DType::BF16);
+    if !fast || y.track_op() {
+        let phase = |a: usize, b: usize| -> Result<Tensor> {
+            y.narrow(1, (2 * a + b) * o, o)?
+                .narrow(2, a, h)?
+                .narrow(3, b, w)
+        };
+        // (N, O, H, 2, W, 2): a along dim 3, b along dim 5.
+        let rows = |a| Tensor::stack(&[phase(a, 0)?, phase(a, 1)?], 4);
+        return Tensor::stack(&[rows(0)?, rows(1)?], 3)?.reshape((n, o, 2 * h, 2 * w));
+    }
+    y.contiguous()?.apply_op1_no_bwd(&InterleavePhases)
+}
+
+struct InterleavePhases;
+
+impl InterleavePhases {
+    fn run<E: Copy + Send + Sync + Default>(
+        y: &[E],
+        (n, c4, h1, w1): (usize, usize, usize, usize),
+    ) -> Vec<E> {
+        use rayon::prelude::*;
+        let (o, h, w) = (c4 / 4, h1 - 1, w1 - 1);
+        let plane = h1 * w1;
+        let mut out = vec![E::default(); n * o * 4 * h * w];
+        // One output row: phase row a of small row i, its columns alternating b = 0, 1.
+        out.par_chunks_mut(2 * w).enumerate().for_each(|(r, row)| {
+            let (frame_ch, y_out) = (r / (2 * h), r % (2 * h));
+            let (f, ch) = (frame_ch / o, frame_ch % o);
+            let (i, a) = (y_out / 2, y_out % 2);
+            let src = |b: usize| {
+                let plane_start = (f * c4 + (2 * a + b) * o + ch) * plane;
+                &y[plane_start + (i + a) * w1 + b..][..w]
+            };
+            let (even, odd) = (src(0), src(1));
+            for ((pair, &e), &d) in row.chunks_exact_mut(2).zip(even).zip(odd) {
+                pair[0] = e;
+                pair[1] = d;
+            }
+        });
+        out
+    }
+}
+
+impl candle_core::CustomOp1 for InterleavePhases {
+    fn name(&self) -> &'static str {
+        "kiln-interleave-phases"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let &[n, c4, h1, w1] = layout.dims() else {
+            candle_core::bail!(
+                "kiln-interleave-phases: input {:?} is not 4-D",
+                layout.dims()
+            )
+        };
+        let (start, end) = contiguous_range(layout)?;
+        let dims = (n, c4, h1, w1);
+        let out = match storage {
+            CpuStorage::F32(y) => CpuStorage::F32(Self::run(&y[start..end], dims)),
+            CpuStorage::BF16(y) => CpuStorage::BF16(Self::run(&y[start..end], dims)),
+            other => candle_core::bail!(
+                "kiln-interleave-phases: f32 or bf16 only, got {:?}",
+                other.dtype()
+            ),
+        };
+        Ok((out, Shape::from((n, c4 / 4, 2 * (h1 - 1), 2 * (w1 - 1)))))
+    }
+}
