@@ -802,22 +802,20 @@ fn output_transform<E: WinogradElement>(
             let (top, bottom) = pixels.split_at_mut(width * o);
             let (y0, y1) = top[2 * j * o..(2 * j + 2) * o].split_at_mut(o);
             let (y2, y3) = bottom[2 * j * o..(2 * j + 2) * o].split_at_mut(o);
-            for y in [&mut *y0, &mut *y1, &mut *y2, &mut *y3] {
-                y.copy_from_slice(bias);
-            }
-            for (b, (w0, w1)) in [(1.0, 0.0), (1.0, 1.0), (1.0, -1.0), (0.0, -1.0f32)]
-                .into_iter()
-                .enumerate()
-            {
-                let (m0, m1, m2, m3) = (at(b), at(4 + b), at(8 + b), at(12 + b));
-                for ch in 0..o {
-                    let s0 = m0[ch] + m1[ch] + m2[ch];
-                    let s1 = m1[ch] - m2[ch] - m3[ch];
-                    y0[ch] += w0 * s0;
-                    y1[ch] += w1 * s0;
-                    y2[ch] += w0 * s1;
-                    y3[ch] += w1 * s1;
-                }
+            let m: [&[f32]; 16] = std::array::from_fn(at);
+            // Each output written once, from registers; the sums run in the order of
+            // `bias + Σ_b Aᵀ[s][b] · (Aᵀ M)[r][b]`, skipping the zero terms.
+            for ch in 0..o {
+                let down = |b: usize| {
+                    let (m0, m1, m2, m3) = (m[b][ch], m[4 + b][ch], m[8 + b][ch], m[12 + b][ch]);
+                    (m0 + m1 + m2, m1 - m2 - m3)
+                };
+                let ((a0, b0), (a1, b1), (a2, b2), (a3, b3)) = (down(0), down(1), down(2), down(3));
+                let bias = bias[ch];
+                y0[ch] = bias + a0 + a1 + a2;
+                y1[ch] = bias + a1 - a2 - a3;
+                y2[ch] = bias + b0 + b1 + b2;
+                y3[ch] = bias + b1 - b2 - b3;
             }
             continue;
         }
