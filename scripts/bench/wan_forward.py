@@ -2,7 +2,8 @@
 
 Random weights, 17 frames at 128x128 (320 video tokens) and 512 text tokens by default.
 The generation is 4 steps of UniPC (kiln's bundled scheduler_config.json, read by both
-sides) with classifier-free guidance 5.0 (two transformer forwards per step), then the VAE
+sides) with classifier-free guidance 5.0 (two transformer forwards per step: diffusers runs
+them one after the other, kiln as one batch of two, as its pipeline does), then the VAE
 decode to frames; the text encoder is skipped on both sides (random (1, 512, 4096) prompt and
 negative-prompt embeddings). Each side's generation runs in its own process per dtype, so
 its peak RSS is that dtype's. Prints seconds, kiln/diffusers ratios, GFLOP/s, peak RSS and
@@ -208,7 +209,7 @@ def main():
     if gen:
         print(f"generation: text encoder skipped on both sides (random (1, 512, 4096) prompt and negative-prompt "
               f"embeddings); {args.steps} UniPC steps, flow_shift {gen[('kiln', 'f32')]['flow_shift']}, guidance "
-              f"{args.guidance} (2 forwards a step), VAE decode, frames to [0, 1]; peak RSS is each process's whole "
+              f"{args.guidance} (2 forwards a step; kiln batches them), VAE decode, frames to [0, 1]; peak RSS is each process's whole "
               "peak (imports and random-weight build included)")
         for dt in DTYPES:
             d, k = gen[("diffusers", dt)], gen[("kiln", dt)]

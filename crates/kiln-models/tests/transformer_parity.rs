@@ -261,3 +261,33 @@ impl Drop for TempDirGuard<'_> {
         let _ = std::fs::remove_dir_all(self.0);
     }
 }
+
+/// Guidance runs the prompt and the negative prompt as one batch of two; each item of the
+/// batch must be exactly its own forward (rows never mix, and no kernel's order of sums
+/// depends on the batch size).
+#[test]
+fn batch_of_two_equals_two_forwards() -> Result<()> {
+    let case = "tiny_cfg";
+    let reference = reference(case)?;
+    let cfg = config(case)?;
+    for dtype in [DType::F32, DType::BF16] {
+        let model = load(&cfg, &diffusers_files(case)?, None, dtype)?;
+        let x = tensor(&reference, "transformer_in_latents")?;
+        let t = tensor(&reference, "transformer_in_timestep")?.to_dtype(DType::F32)?;
+        let cond = tensor(&reference, "prompt_embeds")?;
+        let uncond = (cond.affine(-0.5, 0.25))?;
+        let one = |text: &Tensor| model.forward(x, &t, text)?.to_dtype(DType::F32);
+        let both = model
+            .forward(
+                &Tensor::cat(&[x, x], 0)?,
+                &Tensor::cat(&[&t, &t], 0)?,
+                &Tensor::cat(&[cond, &uncond], 0)?,
+            )?
+            .to_dtype(DType::F32)?;
+        for (i, text) in [cond, &uncond].into_iter().enumerate() {
+            let diff = max_abs(&(both.narrow(0, i, 1)? - one(text)?)?)?;
+            ensure!(diff == 0.0, "{dtype:?} item {i}: differs by {diff}");
+        }
+    }
+    Ok(())
+}

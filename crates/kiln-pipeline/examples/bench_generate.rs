@@ -1,7 +1,8 @@
 //! Times a whole text-to-video generation with a random-weight Wan2.1-1.3B-shaped
 //! transformer and the Wan2.1 VAE: the sampler loop of `WanPipeline::generate` (UniPC from
-//! the bundled model's `scheduler_config.json`, two transformer passes per step for
-//! classifier-free guidance) and the VAE decode to frames. `scripts/bench/wan_forward.py`
+//! the bundled model's `scheduler_config.json`, the prompt and negative prompt as one
+//! transformer pass over a batch of two per step for classifier-free guidance, as the
+//! pipeline runs them) and the VAE decode to frames. `scripts/bench/wan_forward.py`
 //! runs it beside diffusers' `WanPipeline` on the same shapes.
 //!
 //! The text encoder is skipped: the prompt and negative-prompt embeddings are random
@@ -71,18 +72,26 @@ fn generate(r: &Run, cond: &Tensor, uncond: &Tensor) -> Result<(Tensor, f64, f64
     let timesteps: Vec<f64> = scheduler.timesteps().to_vec();
     for &t in &timesteps {
         let model_in = latents.to_dtype(r.dtype)?;
-        let timestep = Tensor::new(&[t as f32], dev)?;
-        let cond_pred = r
-            .transformer
-            .forward_with_camera(&model_in, &timestep, &cond, None)?;
         let pred = match &uncond {
             Some(uncond) => {
-                let uncond_pred = r
-                    .transformer
-                    .forward_with_camera(&model_in, &timestep, uncond, None)?;
-                classifier_free_guidance(&uncond_pred, &cond_pred, r.guidance)?
+                let both = r.transformer.forward_with_camera(
+                    &Tensor::cat(&[&model_in, &model_in], 0)?,
+                    &Tensor::new(&[t as f32, t as f32], dev)?,
+                    &Tensor::cat(&[&cond, uncond], 0)?,
+                    None,
+                )?;
+                classifier_free_guidance(
+                    &both.narrow(0, 1, 1)?,
+                    &both.narrow(0, 0, 1)?,
+                    r.guidance,
+                )?
             }
-            None => cond_pred,
+            None => r.transformer.forward_with_camera(
+                &model_in,
+                &Tensor::new(&[t as f32], dev)?,
+                &cond,
+                None,
+            )?,
         };
         latents = scheduler.step(&pred.to_dtype(DType::F32)?, &latents)?;
     }

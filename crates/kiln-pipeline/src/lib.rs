@@ -310,27 +310,46 @@ impl WanPipeline {
                 Some(c) => Tensor::cat(&[&model_in, c], 1)?,
                 None => model_in,
             };
-            let timestep = Tensor::new(&[t as f32], &self.device)?;
             // Without a camera this is exactly `forward`. Both guidance passes get the same
             // camera and conditioning: guidance is over the text only, as Wan's i2v does
-            // with its image condition.
-            let cond_pred = self.transformer.forward_with_camera(
-                &model_in,
-                &timestep,
-                &cond,
-                camera.as_ref(),
-            )?;
+            // with its image condition. They run as one batch of two (each item exactly its
+            // own forward; larger products and half the passes over the weights).
             let pred = match &uncond {
-                Some(uncond) => {
-                    let uncond_pred = self.transformer.forward_with_camera(
-                        &model_in,
-                        &timestep,
-                        uncond,
+                Some(uncond) if uncond.dims() == cond.dims() && model_in.dim(0)? == 1 => {
+                    let both = self.transformer.forward_with_camera(
+                        &Tensor::cat(&[&model_in, &model_in], 0)?,
+                        &Tensor::new(&[t as f32, t as f32], &self.device)?,
+                        &Tensor::cat(&[&cond, uncond], 0)?,
                         camera.as_ref(),
                     )?;
+                    let (cond_pred, uncond_pred) = (both.narrow(0, 0, 1)?, both.narrow(0, 1, 1)?);
                     classifier_free_guidance(&uncond_pred, &cond_pred, req.guidance_scale)?
                 }
-                None => cond_pred,
+                Some(uncond) => {
+                    let timestep = Tensor::new(&[t as f32], &self.device)?;
+                    let forward = |text: &Tensor| {
+                        self.transformer.forward_with_camera(
+                            &model_in,
+                            &timestep,
+                            text,
+                            camera.as_ref(),
+                        )
+                    };
+                    classifier_free_guidance(
+                        &forward(uncond)?,
+                        &forward(&cond)?,
+                        req.guidance_scale,
+                    )?
+                }
+                None => {
+                    let timestep = Tensor::new(&[t as f32], &self.device)?;
+                    self.transformer.forward_with_camera(
+                        &model_in,
+                        &timestep,
+                        &cond,
+                        camera.as_ref(),
+                    )?
+                }
             };
             latents = scheduler.step(&pred.to_dtype(DType::F32)?, &latents)?;
             let seconds = step_start.elapsed().as_secs_f64();
