@@ -314,8 +314,10 @@ impl WanPipeline {
             // camera and conditioning: guidance is over the text only, as Wan's i2v does
             // with its image condition. They run as one batch of two (each item exactly its
             // own forward; larger products and half the passes over the weights).
+            // Prompt and negative prompt are both padded to the tokenizer's length and the
+            // latents are one clip (`GenerateRequest::validate`), so the two stack.
             let pred = match &uncond {
-                Some(uncond) if uncond.dims() == cond.dims() && model_in.dim(0)? == 1 => {
+                Some(uncond) => {
                     let both = self.transformer.forward_with_camera(
                         &Tensor::cat(&[&model_in, &model_in], 0)?,
                         &Tensor::new(&[t as f32, t as f32], &self.device)?,
@@ -325,31 +327,12 @@ impl WanPipeline {
                     let (cond_pred, uncond_pred) = (both.narrow(0, 0, 1)?, both.narrow(0, 1, 1)?);
                     classifier_free_guidance(&uncond_pred, &cond_pred, req.guidance_scale)?
                 }
-                Some(uncond) => {
-                    let timestep = Tensor::new(&[t as f32], &self.device)?;
-                    let forward = |text: &Tensor| {
-                        self.transformer.forward_with_camera(
-                            &model_in,
-                            &timestep,
-                            text,
-                            camera.as_ref(),
-                        )
-                    };
-                    classifier_free_guidance(
-                        &forward(uncond)?,
-                        &forward(&cond)?,
-                        req.guidance_scale,
-                    )?
-                }
-                None => {
-                    let timestep = Tensor::new(&[t as f32], &self.device)?;
-                    self.transformer.forward_with_camera(
-                        &model_in,
-                        &timestep,
-                        &cond,
-                        camera.as_ref(),
-                    )?
-                }
+                None => self.transformer.forward_with_camera(
+                    &model_in,
+                    &Tensor::new(&[t as f32], &self.device)?,
+                    &cond,
+                    camera.as_ref(),
+                )?,
             };
             latents = scheduler.step(&pred.to_dtype(DType::F32)?, &latents)?;
             let seconds = step_start.elapsed().as_secs_f64();

@@ -397,10 +397,9 @@ pub(crate) fn gemm_prepacked_here<E: GemmInput>(
 }
 
 /// What a bf16 linear layer does with each rounded output before it leaves the cache.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Epilogue {
     /// `round_bf16(A · B + bias)`.
-    #[default]
     Round,
     /// `round_bf16(gelu_tanh(round_bf16(A · B + bias)))`: the linear layer and the GELU
     /// after it (Wan's feed-forward), in one pass over the output.

@@ -837,7 +837,8 @@ impl ResampleConv {
         // bf16 only: f32 convolutions of these sizes take F(4x4) Winograd, which needs
         // 2.25 multiplies per output pixel to the phase form's 4, and the two measured
         // about even on the 1.3B decode.
-        if weight.dtype() == DType::BF16 && on_kiln_conv(&taps, &taps) && !bias.track_op() {
+        let inference = weight.device().is_cpu() && !weight.track_op() && !bias.track_op();
+        if weight.dtype() == DType::BF16 && inference {
             return Self::upsample_phases(&taps, &bias);
         }
         Ok(Self::Frame(FrameConv::new(in_dim, out_dim, 3, 1, 1, vb)?))
@@ -858,12 +859,7 @@ impl ResampleConv {
         let (n, c, h, w) = frames.dims4()?;
         match self {
             Self::UpsamplePhases { weight, bias } => {
-                let x = frames.reshape((1, n, c, h, w))?;
-                let x = if x.dtype() == weight.dtype() {
-                    x
-                } else {
-                    x.to_dtype(weight.dtype())?
-                };
+                let x = frames.reshape((1, n, c, h, w))?.to_dtype(weight.dtype())?;
                 let y = kiln_kernels::candle_ops::conv3d(&x, weight, bias, (1, 2, 2), 1)?;
                 let (_, _, c4, h1, w1) = y.dims5()?;
                 kiln_kernels::candle_ops::interleave_phases(&y.reshape((n, c4, h1, w1))?)?
