@@ -21,6 +21,8 @@
 //! - [`activation`]: GELU (tanh form) over slices, vectorised and threaded.
 //! - [`attention`]: fused attention `softmax(q · kᵀ / √D) · v` (online softmax over key
 //!   blocks, no Lq × Lk score matrix), on slices and on candle tensors.
+//! - [`im2col`]: a strided 3-D convolution's im2col columns as one differentiable op, for
+//!   training (its backward is one col2im pass).
 //! - [`peak`]: the machine's measured multiply-add peak, to read GFLOP/s against.
 //!
 //! The AVX-512 paths need rustc 1.89 or newer (see build.rs); older compilers build the
@@ -35,6 +37,7 @@ pub mod conv;
 mod convert;
 mod error;
 mod gemm;
+pub mod im2col;
 mod kernel_path;
 mod matrix;
 pub mod norm;

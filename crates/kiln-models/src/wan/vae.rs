@@ -310,6 +310,13 @@ fn conv_as_matmul(
     }
     let (t_out, ho, wo) = ((t - kt) / st + 1, (h - kh) / s + 1, (w - kw) / s + 1);
     let taps = kt * kh * kw;
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::BF16) && taps > 1 {
+        // One op whose backward is a single col2im pass; the views below would each
+        // backpropagate through a zero tensor of the whole input.
+        let cols = kiln_kernels::im2col::im2col3d(x, kernel, stride)?;
+        let y = weight.broadcast_matmul(&cols)?;
+        return y.reshape((b, t_out, weight.dim(0)?, ho, wo));
+    }
     let mut views = Vec::with_capacity(taps);
     for dt in 0..kt {
         let xt = strided_narrow(x, 1, dt, t_out, st)?;
