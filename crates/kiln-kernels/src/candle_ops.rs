@@ -622,11 +622,15 @@ impl candle_core::CustomOp3 for RopeOp {
 
 /// The Wan VAE's channel-first RMS norm of `x` `(.., C, H, W)`: each pixel's channel vector
 /// divided by `max(‖x‖, 1e-12)` and scaled per channel by f32 `scale` `(C, 1, 1)`, then SiLU
-/// when `silu`; computed in f32, returned in `x`'s dtype. Fused as [`layer_norm_affine`].
+/// when `silu`; computed in f32, returned in `x`'s dtype. Fused as [`layer_norm_affine`];
+/// CPU f32 tensors that record gradients take [`crate::train_ops::channel_norm`].
 pub fn channel_norm(x: &Tensor, scale: &Tensor, silu: bool) -> Result<Tensor> {
     let rank = x.rank();
     if rank < 3 {
         candle_core::bail!("channel_norm: x must be (.., C, H, W), got {:?}", x.dims());
+    }
+    if (x.track_op() || scale.track_op()) && crate::train_ops::applies(&[x, scale]) {
+        return crate::train_ops::channel_norm(x, &scale.flatten_all()?, silu);
     }
     if !fusable(x, &[scale]) || scale.dtype() != DType::F32 {
         let x32 = x.to_dtype(DType::F32)?;

@@ -23,6 +23,8 @@
 //!   blocks, no Lq × Lk score matrix), on slices and on candle tensors.
 //! - [`im2col`]: a strided 3-D convolution's im2col columns as one differentiable op, for
 //!   training (its backward is one col2im pass).
+//! - [`train_ops`]: the VAE's channel RMS norm and per-channel bias add for training, each
+//!   with a one-pass backward.
 //! - [`peak`]: the machine's measured multiply-add peak, to read GFLOP/s against.
 //!
 //! The AVX-512 paths need rustc 1.89 or newer (see build.rs); older compilers build the
@@ -43,6 +45,7 @@ mod matrix;
 pub mod norm;
 pub mod peak;
 pub mod rope;
+pub mod train_ops;
 pub mod winograd;
 
 pub use convert::f32_to_bf16;

@@ -337,6 +337,17 @@ fn conv_as_matmul(
     y.reshape((b, t_out, weight.dim(0)?, ho, wo))
 }
 
+/// `y + bias` in f32, `bias` shaped to broadcast along `y`'s dimension `channel_dim`. When
+/// training on the CPU, kiln's op: its bias gradient is one pass, where candle's
+/// broadcast backward sums with a strided single-thread reduction.
+fn add_bias(y: &Tensor, bias: &Tensor, channel_dim: usize) -> Result<Tensor> {
+    let y = y.to_dtype(DType::F32)?;
+    if (y.track_op() || bias.track_op()) && kiln_kernels::train_ops::applies(&[&y, bias]) {
+        return kiln_kernels::train_ops::add_channel_bias(&y, &bias.flatten_all()?, channel_dim);
+    }
+    y.broadcast_add(bias)
+}
+
 /// Whether a stride-1 convolution runs on kiln-kernels' direct GEMM convolution: CPU f32
 /// or bf16 inference. Graphs that record gradients keep the im2col matmul, which candle
 /// differentiates.
@@ -489,9 +500,7 @@ impl Module for FrameConv {
                 .contiguous()?;
             xw.conv2d(&kernel, 0, self.stride, 1, 1)?
         };
-        y.to_dtype(DType::F32)?
-            .broadcast_add(&self.bias)?
-            .to_dtype(x.dtype())
+        add_bias(&y, &self.bias, 1)?.to_dtype(x.dtype())
     }
 }
 
@@ -600,9 +609,7 @@ impl CausalConv3d {
         } else {
             self.forward_by_taps(&x, weight, t_out)?
         };
-        y.to_dtype(DType::F32)?
-            .broadcast_add(&self.bias)?
-            .to_dtype(x.dtype())
+        add_bias(&y, &self.bias, 2)?.to_dtype(x.dtype())
     }
 
     /// The sum over temporal taps of conv2d over batches of frames: no im2col columns of
