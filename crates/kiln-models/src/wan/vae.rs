@@ -598,6 +598,15 @@ impl CausalConv3d {
         let t_out = (t - kt) / self.stride_t + 1;
         let columns = b * t_out * kt * kh * kw * c * h * w;
         let y = if x.track_op() || columns <= MAX_COLUMN_ELEMENTS {
+            // One frame after kt − 1 frames of zero padding meets only the last temporal tap:
+            // that tap alone gives the same output and gradients for 1/kt of the columns
+            // (the first chunk of every clip, and all of single-frame training).
+            let (x, weight, kernel) = if kt > 1 && pad + 1 == kt && t == kt && self.stride_t == 1 {
+                let last_tap = weight.narrow(1, (kt - 1) * kh * kw * c, kh * kw * c)?;
+                (x.narrow(1, kt - 1, 1)?, last_tap, (1, kh, kw))
+            } else {
+                (x.clone(), weight.clone(), self.kernel)
+            };
             let p = self.pad_hw;
             let xw = widen_on_cpu(&x)?;
             let xw = if p > 0 {
@@ -605,7 +614,7 @@ impl CausalConv3d {
             } else {
                 xw
             };
-            conv_as_matmul(&xw, &widen_on_cpu(weight)?, self.kernel, (self.stride_t, 1))?
+            conv_as_matmul(&xw, &widen_on_cpu(&weight)?, kernel, (self.stride_t, 1))?
         } else {
             self.forward_by_taps(&x, weight, t_out)?
         };
