@@ -1416,6 +1416,47 @@ mod tests {
         Ok(())
     }
 
+    /// Training (weights that record gradients) on one frame with no cache: the last
+    /// temporal tap alone gives the output and gradients of the whole padded convolution.
+    #[test]
+    fn single_frame_training_conv_uses_the_last_tap_exactly() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let varmap = candle_nn::VarMap::new();
+        // Built once to create the variables, set, then built again to read them.
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        CausalConv3d::new(3, 4, (3, 3, 3), 1, (1, 1), vb)?;
+        for var in varmap.all_vars() {
+            let dims = var.dims().to_vec();
+            var.set(&pseudo_random(dims.as_slice(), 0.7)?)?;
+        }
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let conv = CausalConv3d::new(3, 4, (3, 3, 3), 1, (1, 1), vb)?;
+        let ConvWeight::Plain(weight) = &conv.weight else {
+            panic!("trainable weights stay plain");
+        };
+        let x = candle_core::Var::from_tensor(&pseudo_random((2, 1, 3, 5, 6), 1.9)?)?;
+        let shortcut = conv.forward(x.as_tensor(), None)?;
+        let padded = x
+            .as_tensor()
+            .pad_with_zeros(1, 2, 0)?
+            .pad_with_zeros(3, 1, 1)?
+            .pad_with_zeros(4, 1, 1)?;
+        let full = conv_as_matmul(&padded, weight, (3, 3, 3), (1, 1))?.broadcast_add(&conv.bias)?;
+        let diff = (&shortcut - &full)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "outputs differ by {diff}");
+        let probe = pseudo_random(full.dims(), 1.1)?;
+        let g_short = (&shortcut * &probe)?.sum_all()?.backward()?;
+        let g_full = (&full * &probe)?.sum_all()?.backward()?;
+        for var in varmap.all_vars().iter().chain([&x]) {
+            let (Some(a), Some(b)) = (g_short.get(var), g_full.get(var)) else {
+                panic!("a variable without a gradient");
+            };
+            let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-4, "gradients differ by {diff}");
+        }
+        Ok(())
+    }
+
     /// The phase form of an upsampling convolution (what bf16 models load; f32 ones keep
     /// the plain form) equals upsampling then convolving,
     /// within the rounding of the F(4×4) transforms (f32) or of the bf16 transformed values.
