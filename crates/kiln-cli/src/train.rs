@@ -62,12 +62,24 @@ pub struct TrainArgs {
     /// Print a log line every this many steps instead of drawing a progress bar.
     #[arg(long)]
     log_every: Option<u64>,
+    /// Compute threads (candle's and rayon's pools). The bundled model's tensors are too
+    /// small to split: one thread trains as fast as two here, and the DiT stage prepares
+    /// the next step's inputs on a thread of its own beside it.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
+    if args.threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    // Read by candle and rayon when their pools start, which is after this point: no
+    // other thread exists yet.
+    std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
+    std::env::set_var("CANDLE_NUM_THREADS", args.threads.to_string());
     let (sizes, mut geometry) = match args.size {
         SizeArg::Bundled => (ModelSizes::bundled(), ClipGeometry::bundled()),
         SizeArg::Tiny => (ModelSizes::tiny(), ClipGeometry::tiny()),

@@ -481,8 +481,6 @@ pub fn train_dit(
     if run.resumed {
         optimizer.load(&run.dir.join("optimizer.safetensors"))?;
     }
-    let spatial = vae.config().spatial_compression();
-    let temporal = vae.config().temporal_compression();
     tracing::info!(
         step = run.state.step,
         steps = opts.steps,
@@ -490,89 +488,150 @@ pub fn train_dit(
         vocab = tokenizer.vocab_size(),
         "DiT stage"
     );
-    let summary = run_loop(
-        Stage::Dit,
-        opts,
-        &mut run,
-        &mut optimizer,
-        |step| {
-            let batch = clip_batch(
-                &opts.geometry,
-                opts.seed,
-                step,
-                opts.batch,
-                Stream::Scenes,
-                &device,
-            )?;
-            let b = opts.batch;
-            let text_encoder = build_from(&te_map, &device, build_text_encoder)?;
-            let transformer = build_from(&tr_map, &device, build_transformer)?;
-            let x0 = vae.normalize(&vae.encode(&batch.video)?)?.detach();
-            let mut cond_rng = rng_for(opts.seed, step, Stream::Conditioning);
-            let cond = sample_conditioning(
-                &batch,
-                &opts.rates,
-                &mut cond_rng,
-                spatial,
-                temporal,
-                &device,
-            )?;
-            let cond_latents = vae.normalize(&vae.encode(&cond.video)?)?.detach();
-            let captions: Vec<String> = batch
-                .captions
-                .iter()
-                .map(|c| {
-                    if cond_rng.chance(opts.rates.drop_text) {
-                        String::new()
-                    } else {
-                        c.clone()
-                    }
-                })
-                .collect();
-            let camera: Vec<f32> = batch
-                .camera
-                .iter()
-                .flat_map(|c| {
-                    if cond_rng.chance(opts.rates.drop_camera) {
-                        [0.0; CAMERA_DIM]
-                    } else {
-                        *c
-                    }
-                })
-                .collect();
-            let camera = Tensor::from_vec(camera, (b, CAMERA_DIM), &device)?;
-            let text = encode_text(&tokenizer, &text_encoder, &captions, &device)?;
-
-            let mut noise_rng = rng_for(opts.seed, step, Stream::Noise);
-            let sigmas: Vec<f32> = (0..b)
-                .map(|_| {
-                    let u = f64::from(noise_rng.unit());
-                    (FLOW_SHIFT * u / (1.0 + (FLOW_SHIFT - 1.0) * u)) as f32
-                })
-                .collect();
-            let timesteps: Vec<f32> = sigmas.iter().map(|s| s * 1000.0).collect();
-            let noise = Tensor::from_vec(
-                gaussian(&mut noise_rng, x0.elem_count()),
-                x0.shape(),
-                &device,
-            )?;
-            let sigma = Tensor::from_vec(sigmas, (b, 1, 1, 1, 1), &device)?;
-            let one_minus = (1.0 - &sigma)?;
-            let noisy = (x0.broadcast_mul(&one_minus)? + noise.broadcast_mul(&sigma)?)?;
-            let input = Tensor::cat(&[&noisy, &cond.mask_channels, &cond_latents], 1)?;
-            let timesteps = Tensor::from_vec(timesteps, b, &device)?;
-            let pred = transformer.forward_with_camera(&input, &timesteps, &text, Some(&camera))?;
-            // Wan's flow matching: the model predicts the velocity noise − x0.
-            Ok(mse(&pred, &(noise - &x0)?)?)
-        },
-        |dir, _| {
-            save_varmap(&te_map, &dir.join("text_encoder.safetensors"))?;
-            save_varmap(&tr_map, &dir.join("transformer.safetensors"))
-        },
-        on_step,
-    )?;
+    let first_step = run.state.step;
+    let summary = std::thread::scope(|scope| -> Result<TrainSummary> {
+        // The inputs of step s + 1 are made on a second thread (with a one-thread pool of
+        // its own) while step s trains: they depend only on (seed, step) and the frozen
+        // VAE, whose encoding is about half of a step's work.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(u64, DitInputs)>>(1);
+        let vae = &vae;
+        let device = &device;
+        scope.spawn(move || {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build();
+            for step in first_step..opts.steps {
+                let make = || dit_inputs(opts, vae, step, device);
+                let inputs = match &pool {
+                    Ok(pool) => pool.install(make),
+                    Err(_) => make(),
+                };
+                let failed = inputs.is_err();
+                if tx.send(inputs.map(|i| (step, i))).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        run_loop(
+            Stage::Dit,
+            opts,
+            &mut run,
+            &mut optimizer,
+            |step| {
+                let (made_for, inputs) = rx.recv().map_err(|_| {
+                    TrainError::Options("the thread preparing training inputs stopped".into())
+                })??;
+                if made_for != step {
+                    return Err(TrainError::Options(format!(
+                        "inputs made for step {made_for} arrived at step {step}"
+                    )));
+                }
+                let text_encoder = build_from(&te_map, device, build_text_encoder)?;
+                let transformer = build_from(&tr_map, device, build_transformer)?;
+                let text = encode_text(&tokenizer, &text_encoder, &inputs.captions, device)?;
+                let pred = transformer.forward_with_camera(
+                    &inputs.input,
+                    &inputs.timesteps,
+                    &text,
+                    Some(&inputs.camera),
+                )?;
+                // Wan's flow matching: the model predicts the velocity noise − x0.
+                Ok(mse(&pred, &inputs.velocity)?)
+            },
+            |dir, _| {
+                save_varmap(&te_map, &dir.join("text_encoder.safetensors"))?;
+                save_varmap(&tr_map, &dir.join("transformer.safetensors"))
+            },
+            on_step,
+        )
+    })?;
     export_dit(opts, &tokenizer, &te_map, &tr_map)?;
     Ok(summary)
+}
+
+/// What a stage-2 step needs besides the weights it trains: a pure function of (seed,
+/// step) and the frozen VAE.
+struct DitInputs {
+    /// `[x_σ, mask channels, condition latents]` along channels.
+    input: Tensor,
+    timesteps: Tensor,
+    /// The target velocity `ε − x₀`.
+    velocity: Tensor,
+    /// Captions after the text drop-out (empty when dropped).
+    captions: Vec<String>,
+    /// `(B, CAMERA_DIM)`, zero rows where the camera was dropped.
+    camera: Tensor,
+}
+
+/// The random draws of a step in a fixed order: scenes, conditioning, then the text and
+/// camera drop-outs (one conditioning stream), then σ and the noise.
+fn dit_inputs(opts: &TrainOptions, vae: &WanVae, step: u64, device: &Device) -> Result<DitInputs> {
+    let spatial = vae.config().spatial_compression();
+    let temporal = vae.config().temporal_compression();
+    let batch = clip_batch(
+        &opts.geometry,
+        opts.seed,
+        step,
+        opts.batch,
+        Stream::Scenes,
+        device,
+    )?;
+    let b = opts.batch;
+    let x0 = vae.normalize(&vae.encode(&batch.video)?)?.detach();
+    let mut cond_rng = rng_for(opts.seed, step, Stream::Conditioning);
+    let cond = sample_conditioning(
+        &batch,
+        &opts.rates,
+        &mut cond_rng,
+        spatial,
+        temporal,
+        device,
+    )?;
+    let cond_latents = vae.normalize(&vae.encode(&cond.video)?)?.detach();
+    let captions: Vec<String> = batch
+        .captions
+        .iter()
+        .map(|c| {
+            if cond_rng.chance(opts.rates.drop_text) {
+                String::new()
+            } else {
+                c.clone()
+            }
+        })
+        .collect();
+    let camera: Vec<f32> = batch
+        .camera
+        .iter()
+        .flat_map(|c| {
+            if cond_rng.chance(opts.rates.drop_camera) {
+                [0.0; CAMERA_DIM]
+            } else {
+                *c
+            }
+        })
+        .collect();
+    let camera = Tensor::from_vec(camera, (b, CAMERA_DIM), device)?;
+    let mut noise_rng = rng_for(opts.seed, step, Stream::Noise);
+    let sigmas: Vec<f32> = (0..b)
+        .map(|_| {
+            let u = f64::from(noise_rng.unit());
+            (FLOW_SHIFT * u / (1.0 + (FLOW_SHIFT - 1.0) * u)) as f32
+        })
+        .collect();
+    let timesteps: Vec<f32> = sigmas.iter().map(|s| s * 1000.0).collect();
+    let noise = Tensor::from_vec(
+        gaussian(&mut noise_rng, x0.elem_count()),
+        x0.shape(),
+        device,
+    )?;
+    let sigma = Tensor::from_vec(sigmas, (b, 1, 1, 1, 1), device)?;
+    let one_minus = (1.0 - &sigma)?;
+    let noisy = (x0.broadcast_mul(&one_minus)? + noise.broadcast_mul(&sigma)?)?;
+    Ok(DitInputs {
+        input: Tensor::cat(&[&noisy, &cond.mask_channels, &cond_latents], 1)?,
+        timesteps: Tensor::from_vec(timesteps, b, device)?,
+        velocity: (noise - &x0)?,
+        captions,
+        camera,
+    })
 }
 
 /// Prompt embeddings as the pipeline makes them: encoder output of the real tokens, rows
