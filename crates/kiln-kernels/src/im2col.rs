@@ -258,6 +258,7 @@ fn contiguous(l: &Layout) -> Result<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_values::hashed as values;
     use candle_core::{Device, Var};
 
     /// The columns as candle's own ops build them: a strided view per tap, stacked.
@@ -284,17 +285,6 @@ mod tests {
             }
         }
         Tensor::stack(&views, 2)?.reshape((b * to, kt * kh * kw * c, ho * wo))
-    }
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                let v = (i as u32)
-                    .wrapping_mul(2_654_435_761)
-                    .wrapping_add(seed.wrapping_mul(40_503));
-                ((v >> 8) % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
     }
 
     /// Input `(B, T, C, H, W)`, kernel, stride.

@@ -56,3 +56,18 @@ pub use gemm::{
 };
 pub use kernel_path::KernelPath;
 pub use matrix::{BatchRef, MatRef};
+
+#[cfg(test)]
+mod test_values {
+    /// `n` fixed values in [−1, 1] from a multiplicative hash of the index and `seed`.
+    pub(crate) fn hashed(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let v = (i as u32)
+                    .wrapping_mul(2_654_435_761)
+                    .wrapping_add(seed.wrapping_mul(40_503));
+                ((v >> 8) % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+}

@@ -281,18 +281,8 @@ impl CustomOp2 for ChannelNormTrain {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_values::hashed as values;
     use candle_core::{Device, Var, D};
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                let v = (i as u32)
-                    .wrapping_mul(2_654_435_761)
-                    .wrapping_add(seed.wrapping_mul(40_503));
-                ((v >> 8) % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
