@@ -27,6 +27,17 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     Ok(&v[start..end])
 }
 
+/// Runs `f` on `t`'s f32 elements in place (a CPU tensor, made contiguous if it is not):
+/// a backward reads its inputs without copying them out.
+fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("{op}: CPU tensors only")
+    };
+    f(f32_slice(cpu, layout, op)?)
+}
+
 /// `(outer, channels, inner)` of `dims` around `dim`.
 fn around(dims: &[usize], dim: usize) -> (usize, usize, usize) {
     (
@@ -89,15 +100,16 @@ impl CustomOp2 for ChannelBias {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (outer, c, inner) = around(x.dims(), self.dim);
-        let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         // Per (outer, channel) run sums in parallel, then over `outer` in a fixed order.
-        let runs: Vec<f64> = if inner == 0 {
-            vec![0.0; outer * c]
-        } else {
-            g.par_chunks(inner)
-                .map(|run| run.iter().map(|&v| v as f64).sum())
-                .collect()
-        };
+        let runs: Vec<f64> = with_f32(grad, self.name(), |g| {
+            Ok(if inner == 0 {
+                vec![0.0; outer * c]
+            } else {
+                g.par_chunks(inner)
+                    .map(|run| run.iter().map(|&v| v as f64).sum())
+                    .collect()
+            })
+        })?;
         let mut sums = vec![0f64; c];
         for (i, s) in runs.iter().enumerate() {
             sums[i % c] += s;
@@ -202,68 +214,72 @@ impl CustomOp2 for ChannelNormTrain {
         let dims = x.dims().to_vec();
         let rank = dims.len();
         let (c, p) = (dims[rank - 3], dims[rank - 2] * dims[rank - 1]);
-        let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let gs = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let scale_v = scale.to_vec1::<f32>()?;
-        let mut dx = vec![0f32; xs.len()];
-        let frame = c * p;
-        // Each frame's dx, and its contribution to d scale (summed over frames in order).
-        let partial: Vec<Vec<f64>> = if frame == 0 {
-            Vec::new()
-        } else {
-            dx.par_chunks_mut(frame)
-                .zip(xs.par_chunks(frame))
-                .zip(gs.par_chunks(frame))
-                .map(|((dxf, xf), gf)| {
-                    let inv = inverse_norms(xf, c, p);
-                    let mut d_scale = vec![0f64; c];
-                    // du = dz · s per channel, kept in dxf; dot = Σ_c u·du per pixel.
-                    let mut dot = vec![0f32; p];
-                    for (ch, ((dc, xc), gc)) in dxf
-                        .chunks_exact_mut(p)
-                        .zip(xf.chunks_exact(p))
-                        .zip(gf.chunks_exact(p))
-                        .enumerate()
-                    {
-                        let s = scale_v[ch];
-                        let mut ds = 0f64;
-                        for (((d, &v), &g), (&(r, _), dt)) in dc
-                            .iter_mut()
-                            .zip(xc)
-                            .zip(gc)
-                            .zip(inv.iter().zip(dot.iter_mut()))
-                        {
-                            let u = v * r;
-                            let dz = if self.silu {
-                                let z = u * s;
-                                let sg = sigmoid(z);
-                                g * sg * (1.0 + z * (1.0 - sg))
-                            } else {
-                                g
-                            };
-                            ds += (dz * u) as f64;
-                            let du = dz * s;
-                            *d = du;
-                            *dt += u * du;
-                        }
-                        d_scale[ch] = ds;
-                    }
-                    // dx = (du − u·(u·du)) / ‖x‖, or du / EPS where the norm was clamped.
-                    for (dc, xc) in dxf.chunks_exact_mut(p).zip(xf.chunks_exact(p)) {
-                        for ((d, &v), (&(r, clamped), &dt)) in
-                            dc.iter_mut().zip(xc).zip(inv.iter().zip(&dot))
-                        {
-                            *d = if clamped {
-                                *d * r
-                            } else {
-                                (*d - v * r * dt) * r
-                            };
-                        }
-                    }
-                    d_scale
-                })
-                .collect()
-        };
+        let name = self.name();
+        let (dx, partial) = with_f32(x, name, |xs| {
+            with_f32(grad, name, |gs| {
+                let mut dx = vec![0f32; xs.len()];
+                let frame = c * p;
+                // Each frame's dx, and its contribution to d scale (summed over frames in order).
+                let partial: Vec<Vec<f64>> = if frame == 0 {
+                    Vec::new()
+                } else {
+                    dx.par_chunks_mut(frame)
+                        .zip(xs.par_chunks(frame))
+                        .zip(gs.par_chunks(frame))
+                        .map(|((dxf, xf), gf)| {
+                            let inv = inverse_norms(xf, c, p);
+                            let mut d_scale = vec![0f64; c];
+                            // du = dz · s per channel, kept in dxf; dot = Σ_c u·du per pixel.
+                            let mut dot = vec![0f32; p];
+                            for (ch, ((dc, xc), gc)) in dxf
+                                .chunks_exact_mut(p)
+                                .zip(xf.chunks_exact(p))
+                                .zip(gf.chunks_exact(p))
+                                .enumerate()
+                            {
+                                let s = scale_v[ch];
+                                let mut ds = 0f64;
+                                for (((d, &v), &g), (&(r, _), dt)) in dc
+                                    .iter_mut()
+                                    .zip(xc)
+                                    .zip(gc)
+                                    .zip(inv.iter().zip(dot.iter_mut()))
+                                {
+                                    let u = v * r;
+                                    let dz = if self.silu {
+                                        let z = u * s;
+                                        let sg = sigmoid(z);
+                                        g * sg * (1.0 + z * (1.0 - sg))
+                                    } else {
+                                        g
+                                    };
+                                    ds += (dz * u) as f64;
+                                    let du = dz * s;
+                                    *d = du;
+                                    *dt += u * du;
+                                }
+                                d_scale[ch] = ds;
+                            }
+                            // dx = (du − u·(u·du)) / ‖x‖, or du / EPS where the norm was clamped.
+                            for (dc, xc) in dxf.chunks_exact_mut(p).zip(xf.chunks_exact(p)) {
+                                for ((d, &v), (&(r, clamped), &dt)) in
+                                    dc.iter_mut().zip(xc).zip(inv.iter().zip(&dot))
+                                {
+                                    *d = if clamped {
+                                        *d * r
+                                    } else {
+                                        (*d - v * r * dt) * r
+                                    };
+                                }
+                            }
+                            d_scale
+                        })
+                        .collect()
+                };
+                Ok((dx, partial))
+            })
+        })?;
         let mut d_scale = vec![0f64; c];
         for part in &partial {
             for (a, b) in d_scale.iter_mut().zip(part) {

@@ -572,6 +572,7 @@ impl CausalConv3d {
             }
             _ => x.clone(),
         };
+        let unpadded = x.clone();
         let x = if pad > 0 {
             x.pad_with_zeros(1, pad, 0)?
         } else {
@@ -600,10 +601,11 @@ impl CausalConv3d {
         let y = if x.track_op() || columns <= MAX_COLUMN_ELEMENTS {
             // One frame after kt − 1 frames of zero padding meets only the last temporal tap:
             // that tap alone gives the same output and gradients for 1/kt of the columns
-            // (the first chunk of every clip, and all of single-frame training).
+            // (the first chunk of every clip, and all of single-frame training). The frame
+            // is taken before padding, so the backward does not pass through the padding.
             let (x, weight, kernel) = if kt > 1 && pad + 1 == kt && t == kt && self.stride_t == 1 {
                 let last_tap = weight.narrow(1, (kt - 1) * kh * kw * c, kh * kw * c)?;
-                (x.narrow(1, kt - 1, 1)?, last_tap, (1, kh, kw))
+                (unpadded, last_tap, (1, kh, kw))
             } else {
                 (x.clone(), weight.clone(), self.kernel)
             };
