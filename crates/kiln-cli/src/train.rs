@@ -67,11 +67,18 @@ pub struct TrainArgs {
     /// the next step's inputs on a thread of its own beside it.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// VAE stage: train the decoder only. The encoder, so the latents (and their exported
+    /// statistics) that a DiT stage trains on, stays as it is.
+    #[arg(long)]
+    freeze_encoder: bool,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
     if args.steps == 0 {
         bail!("--steps must be at least 1");
+    }
+    if args.freeze_encoder && !matches!(args.stage, StageArg::Vae) {
+        bail!("--freeze-encoder applies to --stage vae only (the DiT stage never trains the VAE)");
     }
     if args.threads == 0 {
         bail!("--threads must be at least 1");
@@ -93,6 +100,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     opts.optimizer.lr = args.lr;
     opts.optimizer.warmup_steps = args.warmup_steps;
     opts.checkpoint_every = args.checkpoint_every;
+    opts.freeze_encoder = args.freeze_encoder;
     opts.resume = args.resume;
     opts.sizes = sizes;
     opts.geometry = geometry;

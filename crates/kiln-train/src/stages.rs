@@ -63,6 +63,9 @@ pub struct TrainOptions {
     pub rates: ConditionRates,
     /// Save a checkpoint every this many steps (and always at the end).
     pub checkpoint_every: u64,
+    /// VAE stage only: train the decoder alone, the encoder (and so the latents a DiT
+    /// stage already trains on, and their exported statistics) staying as they are.
+    pub freeze_encoder: bool,
 }
 
 impl TrainOptions {
@@ -79,6 +82,7 @@ impl TrainOptions {
             geometry: ClipGeometry::bundled(),
             rates: ConditionRates::default(),
             checkpoint_every: 100,
+            freeze_encoder: false,
         }
     }
 
@@ -363,6 +367,13 @@ pub fn train_vae(
                 &device,
             )?;
             let latents = model.encode(&batch.video)?;
+            // A detached encoding gives the encoder's variables no gradient, and AdamW
+            // leaves variables without one untouched.
+            let latents = if opts.freeze_encoder {
+                latents.detach()
+            } else {
+                latents
+            };
             let recon = model.decode_unclamped(&latents)?;
             let diff = (&recon - &batch.video)?;
             let loss = ((diff.abs()?.mean_all()? + diff.sqr()?.mean_all()?)?
@@ -379,6 +390,21 @@ pub fn train_vae(
 /// Per-channel mean and std of the encoder's latents over a fixed set of clips, written
 /// with the weights into `model/vae/`.
 fn export_vae(opts: &TrainOptions, model: &WanVae, map: &VarMap, device: &Device) -> Result<()> {
+    let dir = opts.model_dir().join("vae");
+    let config_path = dir.join("config.json");
+    if opts.freeze_encoder && config_path.is_file() {
+        // The encoder did not change, and a DiT stage may already train on latents
+        // normalised by these statistics: keep them, whatever clips this session drew.
+        let cfg: vae::Config = kiln_models::read_config(&config_path, "Wan VAE config")?;
+        save_varmap(map, &dir.join("diffusion_pytorch_model.safetensors"))?;
+        tracing::info!(dir = %dir.display(), "VAE decoder exported; latent statistics kept");
+        return write_json(
+            &config_path,
+            &opts
+                .sizes
+                .vae_config_json(&cfg.latents_mean, &cfg.latents_std),
+        );
+    }
     let z = opts.sizes.vae_z_dim;
     let mut sum = vec![0f64; z];
     let mut sum_sq = vec![0f64; z];
@@ -409,12 +435,8 @@ fn export_vae(opts: &TrainOptions, model: &WanVae, map: &VarMap, device: &Device
         .zip(&mean)
         .map(|(s2, m)| (s2 / count - m * m).max(1e-8).sqrt())
         .collect();
-    let dir = opts.model_dir().join("vae");
     create_dir(&dir)?;
-    write_json(
-        &dir.join("config.json"),
-        &opts.sizes.vae_config_json(&mean, &std),
-    )?;
+    write_json(&config_path, &opts.sizes.vae_config_json(&mean, &std))?;
     save_varmap(map, &dir.join("diffusion_pytorch_model.safetensors"))?;
     tracing::info!(dir = %dir.display(), ?mean, ?std, "VAE exported");
     Ok(())

@@ -37,6 +37,7 @@ fn tiny(out: PathBuf, steps: u64, lr: f64) -> TrainOptions {
         },
         rates: ConditionRates::default(),
         checkpoint_every: 1000,
+        freeze_encoder: false,
     }
 }
 
@@ -82,6 +83,46 @@ fn vae_loss_falls_and_resume_is_exact() {
     let state = std::fs::read_to_string(split_dir.join("vae-train/state.json")).expect("state");
     let state: serde_json::Value = serde_json::from_str(&state).expect("json");
     assert_eq!(state["geometry"]["frame_counts"], serde_json::json!([1]));
+
+    // With the encoder frozen, the decoder trains and the encoder's weights, so the
+    // latents and their exported statistics, stay bit for bit.
+    let weights = |dir: &std::path::Path| {
+        candle_core::safetensors::load(dir.join("vae-train/vae.safetensors"), &Device::Cpu)
+            .expect("weights")
+    };
+    let before = weights(&split_dir);
+    let vae_config = || std::fs::read_to_string(split_dir.join("model/vae/config.json")).unwrap();
+    let config_before = vae_config();
+    let mut frozen = tiny(split_dir.clone(), steps + 6, 1e-3);
+    frozen.resume = true;
+    frozen.freeze_encoder = true;
+    train_vae(&frozen, &mut |_| {}).expect("decoder-only steps");
+    let after = weights(&split_dir);
+    let (mut encoder, mut decoder_changed) = (0, 0);
+    for (name, old) in &before {
+        let changed = old
+            .sub(&after[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0;
+        if name.starts_with("encoder.") || name.starts_with("quant_conv.") {
+            encoder += 1;
+            assert!(!changed, "{name} changed with the encoder frozen");
+        } else if name.starts_with("decoder.") && changed {
+            decoder_changed += 1;
+        }
+    }
+    assert!(
+        encoder > 0 && decoder_changed > 0,
+        "{encoder} {decoder_changed}"
+    );
+    let config_after = vae_config();
+    assert_eq!(config_before, config_after, "latent statistics changed");
 
     // Without --resume an existing run is refused rather than overwritten.
     assert!(train_vae(&tiny(split_dir.clone(), steps, 1e-3), &mut |_| {}).is_err());
