@@ -1,7 +1,11 @@
 //! Reconstruction quality of an exported VAE on held-out renders: the ceiling of every
 //! pixel-level measure of `kiln eval` (first/last-frame PSNR, static drift).
 //!
-//! `cargo run --release -p kiln-train --example vae_recon -- MODEL_DIR [CLIPS]`
+//! `cargo run --release -p kiln-train --example vae_recon -- MODEL_DIR [CLIPS] [FRAMES]`
+//!
+//! Prints the mean PSNR of the first frame, the last frame and the whole clip, then of
+//! each latent frame's group of pixel frames (1, then 4 each), which shows where in a
+//! clip the causal decoder loses detail.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -22,7 +26,12 @@ fn main() -> anyhow::Result<()> {
     let vae = WanVae::new(&cfg, VarBuilder::from_tensors(tensors, DType::F32, &dev))?;
     let sizes = [(112u32, 64u32), (64, 112), (64, 64)];
     let (mut first, mut all, mut last) = (0.0, 0.0, 0.0);
-    let frames = 41;
+    let frames: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(41);
+    anyhow::ensure!(
+        frames % 4 == 1,
+        "FRAMES must be of the form 4k+1, like 17 or 41"
+    );
+    let mut groups = vec![0.0; frames.div_ceil(4)];
     for i in 0..clips {
         let (w, h) = sizes[i % 3];
         let spec = sample_scene(1000 + i as u64, Split::HeldOut);
@@ -62,13 +71,23 @@ fn main() -> anyhow::Result<()> {
         first += psnr(&rgb[..n], clip.frame(0))?;
         last += psnr(&rgb[(frames - 1) * n..], clip.frame(frames - 1))?;
         all += psnr(&rgb, &clip.frames)?;
+        for (g, sum) in groups.iter_mut().enumerate() {
+            let (a, b) = if g == 0 {
+                (0, 1)
+            } else {
+                (4 * g - 3, 4 * g + 1)
+            };
+            *sum += psnr(&rgb[a * n..b * n], &clip.frames[a * n..b * n])?;
+        }
     }
     let c = clips as f64;
     println!(
-        "VAE reconstruction over {clips} held-out 41-frame clips: PSNR first frame {:.2} dB, last frame {:.2} dB, whole clip {:.2} dB",
+        "VAE reconstruction over {clips} held-out {frames}-frame clips: PSNR first frame {:.2} dB, last frame {:.2} dB, whole clip {:.2} dB",
         first / c,
         last / c,
         all / c
     );
+    let per_group: Vec<String> = groups.iter().map(|s| format!("{:.1}", s / c)).collect();
+    println!("PSNR per latent frame (dB): {}", per_group.join(" "));
     Ok(())
 }
