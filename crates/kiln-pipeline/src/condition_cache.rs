@@ -92,3 +92,21 @@ pub(crate) fn read(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model re-exported with other VAE weights (a decoder trained further) must ship a
+    /// cache made for them, or every text-only request pays the VAE encode again.
+    #[test]
+    fn the_bundled_models_cache_matches_its_vae() {
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/kiln-bundled");
+        let files = kiln_models::component_files(&model.join("vae")).unwrap();
+        let fingerprint = vae_fingerprint(&files).unwrap();
+        let entries = read(&model.join(FILE_NAME), &fingerprint, &Device::Cpu);
+        let mut sizes: Vec<_> = entries.keys().copied().collect();
+        sizes.sort();
+        assert_eq!(sizes, [(64, 64), (64, 112), (112, 64)]);
+    }
+}
