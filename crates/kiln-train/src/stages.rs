@@ -24,6 +24,9 @@ use crate::tokenizer::{tokenizer_config_json, CaptionTokenizer};
 
 /// Shift of the flow-matching sigmas, in training and in the exported scheduler config.
 pub const FLOW_SHIFT: f64 = 3.0;
+/// Threads that make the DiT stage's inputs ahead of the trainer (see `train_dit`).
+const INPUT_THREADS: usize = 2;
+
 /// Text length the pipeline pads prompt embeddings to (its `MAX_SEQUENCE_LENGTH`).
 pub const TEXT_LEN: usize = 512;
 /// Weight of the latent L2 penalty that keeps the autoencoder's latents bounded.
@@ -512,33 +515,42 @@ pub fn train_dit(
     );
     let first_step = run.state.step;
     let summary = std::thread::scope(|scope| -> Result<TrainSummary> {
-        // The inputs of step s + 1 are made on a second thread (with a one-thread pool of
-        // its own) while step s trains: they depend only on (seed, step) and the frozen
-        // VAE, whose encoding is about half of a step's work.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(u64, DitInputs)>>(1);
+        // The inputs of the next steps are made on threads of their own (each with a
+        // one-thread pool) while step s trains: they depend only on (seed, step) and the
+        // frozen VAE, whose encodings take more time than the step's own training, so one
+        // such thread left the trainer waiting. Thread `lane` makes every
+        // `INPUT_THREADS`-th step.
         let vae = &vae;
         let device = &device;
-        scope.spawn(move || {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build();
-            for step in first_step..opts.steps {
-                let make = || dit_inputs(opts, vae, step, device);
-                let inputs = match &pool {
-                    Ok(pool) => pool.install(make),
-                    Err(_) => make(),
-                };
-                let failed = inputs.is_err();
-                if tx.send(inputs.map(|i| (step, i))).is_err() || failed {
-                    break;
-                }
-            }
-        });
+        let receivers: Vec<_> = (0..INPUT_THREADS as u64)
+            .map(|lane| {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(u64, DitInputs)>>(1);
+                scope.spawn(move || {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build();
+                    let steps = (first_step + lane..opts.steps).step_by(INPUT_THREADS);
+                    for step in steps {
+                        let make = || dit_inputs(opts, vae, step, device);
+                        let inputs = match &pool {
+                            Ok(pool) => pool.install(make),
+                            Err(_) => make(),
+                        };
+                        let failed = inputs.is_err();
+                        if tx.send(inputs.map(|i| (step, i))).is_err() || failed {
+                            break;
+                        }
+                    }
+                });
+                rx
+            })
+            .collect();
         run_loop(
             Stage::Dit,
             opts,
             &mut run,
             &mut optimizer,
             |step| {
-                let (made_for, inputs) = rx.recv().map_err(|_| {
+                let lane = ((step - first_step) % INPUT_THREADS as u64) as usize;
+                let (made_for, inputs) = receivers[lane].recv().map_err(|_| {
                     TrainError::Options("the thread preparing training inputs stopped".into())
                 })??;
                 if made_for != step {
@@ -549,10 +561,12 @@ pub fn train_dit(
                 let text_encoder = build_from(&te_map, device, build_text_encoder)?;
                 let transformer = build_from(&tr_map, device, build_transformer)?;
                 let text = encode_text(&tokenizer, &text_encoder, &inputs.captions, device)?;
-                let pred = transformer.forward_with_camera(
+                // The pipeline's zero padding to TEXT_LEN rows, folded into one row.
+                let pred = transformer.forward_with_text_padding(
                     &inputs.input,
                     &inputs.timesteps,
                     &text,
+                    TEXT_LEN,
                     Some(&inputs.camera),
                 )?;
                 // Wan's flow matching: the model predicts the velocity noise − x0.
@@ -656,9 +670,10 @@ fn dit_inputs(opts: &TrainOptions, vae: &WanVae, step: u64, device: &Device) -> 
     })
 }
 
-/// Prompt embeddings as the pipeline makes them: encoder output of the real tokens, rows
-/// past each prompt zeroed, padded with zero rows to `TEXT_LEN`. Running the encoder on
-/// the batch's longest prompt only is exact: padded keys are masked out.
+/// Prompt embeddings as the pipeline makes them, without the zero rows that pad them to
+/// `TEXT_LEN` (`WanTransformer::forward_with_text_padding` takes those as a count):
+/// encoder output of the real tokens, rows past each prompt zeroed. Running the encoder
+/// on the batch's longest prompt only is exact: padded keys are masked out.
 pub fn encode_text(
     tokenizer: &CaptionTokenizer,
     text_encoder: &UMT5EncoderModel,
@@ -667,16 +682,14 @@ pub fn encode_text(
 ) -> Result<Tensor> {
     let tokens = tokenizer.encode_batch(captions, device)?;
     let hidden = text_encoder.forward(&tokens.input_ids, &tokens.attention_mask)?;
-    let (b, l, d) = hidden.dims3()?;
+    let l = hidden.dim(1)?;
     if l > TEXT_LEN {
         return Err(TrainError::Options(format!(
             "a caption has {l} tokens, more than {TEXT_LEN}"
         )));
     }
     let keep = tokens.attention_mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-    let hidden = hidden.broadcast_mul(&keep)?;
-    let pad = Tensor::zeros((b, TEXT_LEN - l, d), DType::F32, device)?;
-    Ok(Tensor::cat(&[&hidden, &pad], 1)?)
+    Ok(hidden.broadcast_mul(&keep)?)
 }
 
 fn export_dit(

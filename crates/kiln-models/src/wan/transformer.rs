@@ -177,6 +177,25 @@ fn attention_in_blocks(q: &Tensor, k: &Tensor, v: &Tensor, score_budget: usize) 
     out.to_dtype(dtype)
 }
 
+/// Attention whose logits get `key_bias` (Lk,) f32 added per key, in the composite
+/// (differentiable) form: cross-attention over prompts given with their padding folded
+/// into one row (see [`WanTransformer::forward_with_text_padding`]).
+fn attention_with_key_bias(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_bias: &Tensor,
+) -> Result<Tensor> {
+    let d = q.dim(D::Minus1)?;
+    let dtype = q.dtype();
+    let scale = 1.0 / (d as f64).sqrt();
+    let q = q.to_dtype(DType::F32)?;
+    let k_t = k.to_dtype(DType::F32)?.t()?;
+    let v = v.to_dtype(DType::F32)?;
+    let scores = (q.matmul(&k_t)? * scale)?.broadcast_add(key_bias)?;
+    softmax_last_dim(&scores)?.matmul(&v)?.to_dtype(dtype)
+}
+
 /// kiln addition for training: candle's fused softmax and RMS norm record no backward op,
 /// so a graph that tracks gradients (weights from a `VarMap`) takes the composite forms,
 /// which candle differentiates. Inference on loaded weights keeps the fused kernels.
@@ -331,12 +350,14 @@ impl Attention {
             .contiguous()
     }
 
-    /// Self-attention when `context` is None, else cross-attention to `context`.
+    /// Self-attention when `context` is None, else cross-attention to `context`, whose
+    /// keys' logits get `key_bias` when given.
     fn forward(
         &self,
         x: &Tensor,
         context: Option<&Tensor>,
         rope: Option<&(Tensor, Tensor)>,
+        key_bias: Option<&Tensor>,
     ) -> Result<Tensor> {
         let context = context.unwrap_or(x);
         let q = self.split_heads(&self.norm_q.forward(&self.to_q.forward(x)?)?)?;
@@ -346,7 +367,10 @@ impl Attention {
             Some((cos, sin)) => (apply_rope(&q, cos, sin)?, apply_rope(&k, cos, sin)?),
             None => (q, k),
         };
-        let out = attention(&q, &k, &v)?;
+        let out = match key_bias {
+            Some(bias) => attention_with_key_bias(&q, &k, &v, bias)?,
+            None => attention(&q, &k, &v)?,
+        };
         let (b, h, l, d) = out.dims4()?;
         let out = out.transpose(1, 2)?.reshape((b, l, h * d))?;
         self.to_out.forward(&out)
@@ -406,11 +430,13 @@ impl TransformerBlock {
         })
     }
 
-    /// `x` (B, L, dim), `context` (B, Lt, dim), `temb` (B, 6, dim) f32.
+    /// `x` (B, L, dim), `context` (B, Lt, dim) with an optional per-key logit bias (Lt,),
+    /// `temb` (B, 6, dim) f32.
     fn forward(
         &self,
         x: &Tensor,
         context: &Tensor,
+        context_bias: Option<&Tensor>,
         temb: &Tensor,
         rope: &(Tensor, Tensor),
     ) -> Result<Tensor> {
@@ -420,7 +446,7 @@ impl TransformerBlock {
 
         // 1. Self-attention; modulation and the gated residual in f32.
         let h = adaln(x, shift_msa, scale_msa, self.eps)?;
-        let attn = self.attn1.forward(&h, None, Some(rope))?;
+        let attn = self.attn1.forward(&h, None, Some(rope), None)?;
         let x = gated_residual(x, &attn, gate_msa)?;
 
         // 2. Cross-attention; plain residual in the model dtype, as in the reference.
@@ -433,7 +459,7 @@ impl TransformerBlock {
             )?,
             None => x.clone(),
         };
-        let x = (&x + self.attn2.forward(&h, Some(context), None)?)?;
+        let x = (&x + self.attn2.forward(&h, Some(context), None, context_bias)?)?;
 
         // 3. Feed-forward.
         let h = adaln(&x, c_shift_msa, c_scale_msa, self.eps)?;
@@ -694,6 +720,47 @@ impl WanTransformer {
         encoder_hidden_states: &Tensor,
         camera: Option<&Tensor>,
     ) -> Result<Tensor> {
+        self.forward_inner(hidden_states, timestep, encoder_hidden_states, None, camera)
+    }
+
+    /// kiln addition: [`Self::forward_with_camera`] for prompt embeddings `text` (B, L,
+    /// text_dim) that stand for the same embeddings zero-padded to `padded_len` rows, as
+    /// the pipeline passes them (512). The zero rows all embed to one key and one value, so
+    /// attending to them equals attending to one such row with its logit raised by
+    /// ln(padded_len − L): one row instead of hundreds, the same result up to rounding.
+    /// Training uses it; cross-attention over the padding was about 40% of the bundled
+    /// transformer's work.
+    pub fn forward_with_text_padding(
+        &self,
+        hidden_states: &Tensor,
+        timestep: &Tensor,
+        text: &Tensor,
+        padded_len: usize,
+        camera: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b, l, d) = text.dims3()?;
+        if padded_len < l {
+            candle_core::bail!("prompt embeddings have {l} rows, more than padded_len {padded_len}")
+        }
+        if padded_len == l {
+            return self.forward_with_camera(hidden_states, timestep, text, camera);
+        }
+        let zero_row = Tensor::zeros((b, 1, d), text.dtype(), text.device())?;
+        let text = Tensor::cat(&[text, &zero_row], 1)?;
+        let mut bias = vec![0f32; l + 1];
+        bias[l] = ((padded_len - l) as f32).ln();
+        let bias = Tensor::from_vec(bias, l + 1, text.device())?;
+        self.forward_inner(hidden_states, timestep, &text, Some(&bias), camera)
+    }
+
+    fn forward_inner(
+        &self,
+        hidden_states: &Tensor,
+        timestep: &Tensor,
+        encoder_hidden_states: &Tensor,
+        context_bias: Option<&Tensor>,
+        camera: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, c, f, h, w) = hidden_states.dims5()?;
         let [pt, ph, pw] = self.config.patch_size;
         if c != self.config.in_channels || f % pt != 0 || h % ph != 0 || w % pw != 0 {
@@ -725,7 +792,7 @@ impl WanTransformer {
         let modulation = modulation.to_dtype(DType::F32)?;
 
         for block in &self.blocks {
-            x = block.forward(&x, &context, &modulation, &rope)?;
+            x = block.forward(&x, &context, context_bias, &modulation, &rope)?;
         }
 
         // Output norm and modulation in f32, projection in the model dtype.
@@ -794,6 +861,92 @@ mod tests {
             assert_eq!(y.dims(), [1, 16, 2, 4, 6]);
             assert_eq!(y.dtype(), dtype);
         }
+    }
+
+    /// Folding the zero padding of the prompt into one row with a logit bias gives the
+    /// output and the gradients of every weight of attending to all padded rows.
+    #[test]
+    fn folded_text_padding_matches_padded_rows() {
+        let cfg = Config {
+            num_attention_heads: 2,
+            attention_head_dim: 12,
+            text_dim: 8,
+            freq_dim: 16,
+            ffn_dim: 32,
+            num_layers: 2,
+            cross_attn_norm: true,
+            ..Config::default()
+        };
+        let dev = Device::Cpu;
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let model = WanTransformer::new(&cfg, vb).expect("model");
+        // The zero init of some output weights would hide the text from the loss.
+        for var in varmap.all_vars() {
+            let noise = Tensor::randn(0f32, 0.2, var.shape(), &dev).unwrap();
+            var.set(&(var.as_tensor() + noise).unwrap()).unwrap();
+        }
+        let x = Tensor::randn(0f32, 1., (2, 16, 2, 4, 6), &dev).unwrap();
+        let t = Tensor::new(&[500f32, 20.], &dev).unwrap();
+        // Two prompts of 5 rows, the second with its last two rows zeroed (a shorter prompt).
+        let text = Tensor::randn(0f32, 1., (2, 5, 8), &dev).unwrap();
+        let keep = Tensor::new(&[[1f32, 1., 1., 1., 1.], [1., 1., 1., 0., 0.]], &dev)
+            .unwrap()
+            .unsqueeze(2)
+            .unwrap();
+        let text = text.broadcast_mul(&keep).unwrap();
+        let padded = Tensor::cat(
+            &[&text, &Tensor::zeros((2, 59, 8), DType::F32, &dev).unwrap()],
+            1,
+        )
+        .unwrap();
+        let target = Tensor::randn(0f32, 1., (2, 16, 2, 4, 6), &dev).unwrap();
+        let loss = |y: &Tensor| (y - &target).unwrap().sqr().unwrap().mean_all().unwrap();
+        let full = model.forward(&x, &t, &padded).unwrap();
+        let folded = model
+            .forward_with_text_padding(&x, &t, &text, 64, None)
+            .unwrap();
+        let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        let scale = full
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(max_diff(&full, &folded) < 1e-5 * scale.max(1.0));
+        let (g_full, g_folded) = (
+            loss(&full).backward().unwrap(),
+            loss(&folded).backward().unwrap(),
+        );
+        let mut checked = 0;
+        for var in varmap.all_vars() {
+            let (a, b) = (g_full.get(var.as_tensor()), g_folded.get(var.as_tensor()));
+            let (a, b) = (a.expect("gradient"), b.expect("gradient"));
+            let size = a
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(max_diff(a, b) <= 1e-4 * size.max(1e-3), "{:?}", var.shape());
+            checked += 1;
+        }
+        assert!(checked > 20);
+        // A padded length shorter than the prompt is refused.
+        assert!(model
+            .forward_with_text_padding(&x, &t, &text, 4, None)
+            .is_err());
     }
 
     #[test]
