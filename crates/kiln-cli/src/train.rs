@@ -64,7 +64,7 @@ pub struct TrainArgs {
     log_every: Option<u64>,
     /// Compute threads (candle's and rayon's pools). The bundled model's tensors are too
     /// small to split: one thread trains as fast as two here, and the DiT stage prepares
-    /// the next step's inputs on a thread of its own beside it.
+    /// the next steps' inputs on two threads of their own beside it.
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// VAE stage: train the decoder only. The encoder, so the latents (and their exported
