@@ -838,9 +838,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn builds_from_a_varmap_with_random_weights() {
-        let cfg = Config {
+    /// Two layers of two 12-wide heads over 8-wide text: small enough for exact checks.
+    fn small_config() -> Config {
+        Config {
             num_attention_heads: 2,
             attention_head_dim: 12,
             text_dim: 8,
@@ -848,7 +848,12 @@ mod tests {
             ffn_dim: 32,
             num_layers: 2,
             ..Config::default()
-        };
+        }
+    }
+
+    #[test]
+    fn builds_from_a_varmap_with_random_weights() {
+        let cfg = small_config();
         let dev = Device::Cpu;
         for dtype in [DType::F32, DType::BF16] {
             let varmap = candle_nn::VarMap::new();
@@ -868,14 +873,8 @@ mod tests {
     #[test]
     fn folded_text_padding_matches_padded_rows() {
         let cfg = Config {
-            num_attention_heads: 2,
-            attention_head_dim: 12,
-            text_dim: 8,
-            freq_dim: 16,
-            ffn_dim: 32,
-            num_layers: 2,
             cross_attn_norm: true,
-            ..Config::default()
+            ..small_config()
         };
         let dev = Device::Cpu;
         let varmap = candle_nn::VarMap::new();
@@ -906,23 +905,10 @@ mod tests {
         let folded = model
             .forward_with_text_padding(&x, &t, &text, 64, None)
             .unwrap();
-        let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
-        let scale = full
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let max_abs =
+            |t: &Tensor| -> f32 { t.abs().unwrap().max_all().unwrap().to_scalar().unwrap() };
+        let max_diff = |a: &Tensor, b: &Tensor| max_abs(&(a - b).unwrap());
+        let scale = max_abs(&full);
         assert!(max_diff(&full, &folded) < 1e-5 * scale.max(1.0));
         let (g_full, g_folded) = (
             loss(&full).backward().unwrap(),
@@ -932,13 +918,7 @@ mod tests {
         for var in varmap.all_vars() {
             let (a, b) = (g_full.get(var.as_tensor()), g_folded.get(var.as_tensor()));
             let (a, b) = (a.expect("gradient"), b.expect("gradient"));
-            let size = a
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let size = max_abs(a);
             assert!(max_diff(a, b) <= 1e-4 * size.max(1e-3), "{:?}", var.shape());
             checked += 1;
         }
