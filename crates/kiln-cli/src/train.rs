@@ -141,9 +141,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         StageArg::Dit => train_dit(&opts, &mut on_step)?,
     };
     bar.finish_and_clear();
-    // The cache is stamped with the VAE's weights, so a VAE stage run after the DiT stage
-    // (`--freeze-encoder`) refreshes it too.
-    if matches!(args.stage, StageArg::Dit) || summary.model_dir.join("model_index.json").is_file() {
+    // Whenever the folder holds a whole model: the DiT stage writes one, and a VAE stage run
+    // after it (`--freeze-encoder`) rewrites the VAE weights the cache is stamped with.
+    if summary.model_dir.join("model_index.json").is_file() {
         write_condition_cache(&summary.model_dir, &opts)?;
     }
     let n = summary.losses.len();

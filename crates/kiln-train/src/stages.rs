@@ -397,16 +397,11 @@ fn export_vae(opts: &TrainOptions, model: &WanVae, map: &VarMap, device: &Device
     let config_path = dir.join("config.json");
     if opts.freeze_encoder && config_path.is_file() {
         // The encoder did not change, and a DiT stage may already train on latents
-        // normalised by these statistics: keep them, whatever clips this session drew.
-        let cfg: vae::Config = kiln_models::read_config(&config_path, "Wan VAE config")?;
+        // normalised by these statistics: keep the config as it is, whatever clips this
+        // session drew.
         save_varmap(map, &dir.join("diffusion_pytorch_model.safetensors"))?;
         tracing::info!(dir = %dir.display(), "VAE decoder exported; latent statistics kept");
-        return write_json(
-            &config_path,
-            &opts
-                .sizes
-                .vae_config_json(&cfg.latents_mean, &cfg.latents_std),
-        );
+        return Ok(());
     }
     let z = opts.sizes.vae_z_dim;
     let mut sum = vec![0f64; z];

@@ -146,11 +146,22 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         // Takes non-contiguous inputs (it makes them contiguous itself).
         return kiln_kernels::attention::attention(q, k, v);
     }
-    // Score elements per block: 64 Mi f32 = 256 MiB.
-    attention_in_blocks(q, k, v, 1 << 26)
+    attention_in_blocks(q, k, v, None, SCORE_BUDGET)
 }
 
-fn attention_in_blocks(q: &Tensor, k: &Tensor, v: &Tensor, score_budget: usize) -> Result<Tensor> {
+/// Score elements per block of the composite attention: 64 Mi f32 = 256 MiB.
+const SCORE_BUDGET: usize = 1 << 26;
+
+/// Composite (differentiable) attention over blocks of queries; `key_bias` (Lk,) f32, when
+/// given, is added to every query's logits (prompts whose padding is folded into one row,
+/// see [`WanTransformer::forward_with_text_padding`]).
+fn attention_in_blocks(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_bias: Option<&Tensor>,
+    score_budget: usize,
+) -> Result<Tensor> {
     let (b, h, lq, d) = q.dims4()?;
     let lk = k.dim(2)?;
     let dtype = q.dtype();
@@ -164,7 +175,10 @@ fn attention_in_blocks(q: &Tensor, k: &Tensor, v: &Tensor, score_budget: usize) 
     while start < lq {
         let len = block.min(lq - start);
         let q_blk = q.narrow(2, start, len)?;
-        let scores = (q_blk.matmul(&k_t)? * scale)?;
+        let mut scores = (q_blk.matmul(&k_t)? * scale)?;
+        if let Some(bias) = key_bias {
+            scores = scores.broadcast_add(bias)?;
+        }
         let probs = softmax_last_dim(&scores)?;
         outs.push(probs.matmul(&v)?);
         start += len;
@@ -175,25 +189,6 @@ fn attention_in_blocks(q: &Tensor, k: &Tensor, v: &Tensor, score_budget: usize) 
         Tensor::cat(&outs, 2)?
     };
     out.to_dtype(dtype)
-}
-
-/// Attention whose logits get `key_bias` (Lk,) f32 added per key, in the composite
-/// (differentiable) form: cross-attention over prompts given with their padding folded
-/// into one row (see [`WanTransformer::forward_with_text_padding`]).
-fn attention_with_key_bias(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    key_bias: &Tensor,
-) -> Result<Tensor> {
-    let d = q.dim(D::Minus1)?;
-    let dtype = q.dtype();
-    let scale = 1.0 / (d as f64).sqrt();
-    let q = q.to_dtype(DType::F32)?;
-    let k_t = k.to_dtype(DType::F32)?.t()?;
-    let v = v.to_dtype(DType::F32)?;
-    let scores = (q.matmul(&k_t)? * scale)?.broadcast_add(key_bias)?;
-    softmax_last_dim(&scores)?.matmul(&v)?.to_dtype(dtype)
 }
 
 /// kiln addition for training: candle's fused softmax and RMS norm record no backward op,
@@ -368,7 +363,7 @@ impl Attention {
             None => (q, k),
         };
         let out = match key_bias {
-            Some(bias) => attention_with_key_bias(&q, &k, &v, bias)?,
+            Some(bias) => attention_in_blocks(&q, &k, &v, Some(bias), SCORE_BUDGET)?,
             None => attention(&q, &k, &v)?,
         };
         let (b, h, l, d) = out.dims4()?;
@@ -953,7 +948,7 @@ mod tests {
         let q = Tensor::randn(0f32, 1., (1, 2, 5, 4), &dev).expect("q");
         let k = Tensor::randn(0f32, 1., (1, 2, 7, 4), &dev).expect("k");
         let v = Tensor::randn(0f32, 1., (1, 2, 7, 4), &dev).expect("v");
-        let out = attention_in_blocks(&q, &k, &v, 2 * 2 * 7 * 2).expect("attention");
+        let out = attention_in_blocks(&q, &k, &v, None, 2 * 2 * 7 * 2).expect("attention");
         let scores = (q.matmul(&k.t().expect("t")).expect("mm") * 0.5).expect("scale");
         let probs = candle_nn::ops::softmax(&scores, D::Minus1).expect("softmax");
         let want = probs.matmul(&v).expect("mm");
