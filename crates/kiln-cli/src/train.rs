@@ -71,6 +71,15 @@ pub struct TrainArgs {
     /// statistics) that a DiT stage trains on, stays as it is.
     #[arg(long)]
     freeze_encoder: bool,
+    /// Start a new run from an exported model's weights (e.g. models/kiln-bundled) instead
+    /// of seeded initialisation; the folder is copied to OUT/model/ first (so the DiT stage
+    /// finds its VAE). The optimizer starts afresh, with its warm-up.
+    #[arg(long)]
+    init_from: Option<PathBuf>,
+    /// VAE stage: loss weight of object pixels (and a 1-pixel ring around them) against 1
+    /// for the background; 1 weighs all pixels alike.
+    #[arg(long, default_value_t = 1.0)]
+    object_weight: f64,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -102,6 +111,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     opts.checkpoint_every = args.checkpoint_every;
     opts.freeze_encoder = args.freeze_encoder;
     opts.resume = args.resume;
+    opts.init_from = args.init_from;
+    opts.object_weight = args.object_weight;
     opts.sizes = sizes;
     opts.geometry = geometry;
 

@@ -5,13 +5,17 @@
 //!
 //! Prints the mean PSNR of the first frame, the last frame and the whole clip, then of
 //! each latent frame's group of pixel frames (1, then 4 each), which shows where in a
-//! clip the causal decoder loses detail.
+//! clip the causal decoder loses detail. Then the detector's adherence scores (colour,
+//! shape, direction, camera; `kiln eval`'s accuracies) on the reconstructions against the
+//! renders' own: the most any transformer can reach through this VAE.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use kiln_models::wan::vae::{Config, WanVae};
 use kiln_train::data::frames_to_chw;
-use kiln_world::{psnr, render, sample_scene, Split};
+use kiln_world::{
+    detect, psnr, render, sample_scene, score, PromptIntent, ScoreInputs, Scores, Split,
+};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -32,6 +36,16 @@ fn main() -> anyhow::Result<()> {
         "FRAMES must be of the form 4k+1, like 17 or 41"
     );
     let mut groups = vec![0.0; frames.div_ceil(4)];
+    // [colour, shape, direction, camera] counts: reconstructions, then the renders.
+    let (mut recon_ok, mut render_ok) = ([0usize; 4], [0usize; 4]);
+    let tally = |counts: &mut [usize; 4], s: &Scores| {
+        for (c, ok) in counts
+            .iter_mut()
+            .zip([s.colour_ok, s.shape_ok, s.direction_ok, s.camera_ok])
+        {
+            *c += usize::from(ok);
+        }
+    };
     for i in 0..clips {
         let (w, h) = sizes[i % 3];
         let spec = sample_scene(1000 + i as u64, Split::HeldOut);
@@ -68,6 +82,12 @@ fn main() -> anyhow::Result<()> {
             }
             std::fs::write(format!("{dir}/recon{i}.ppm"), ppm)?;
         }
+        let intent = PromptIntent::from_spec(&spec);
+        for (frames_rgb, counts) in [(&rgb, &mut recon_ok), (&clip.frames, &mut render_ok)] {
+            let detection = detect(frames_rgb, w, h, frames, 8.0)?;
+            let scores = score(&intent, &detection, frames_rgb, &ScoreInputs::default())?;
+            tally(counts, &scores);
+        }
         first += psnr(&rgb[..n], clip.frame(0))?;
         last += psnr(&rgb[(frames - 1) * n..], clip.frame(frames - 1))?;
         all += psnr(&rgb, &clip.frames)?;
@@ -89,5 +109,10 @@ fn main() -> anyhow::Result<()> {
     );
     let per_group: Vec<String> = groups.iter().map(|s| format!("{:.1}", s / c)).collect();
     println!("PSNR per latent frame (dB): {}", per_group.join(" "));
+    let pct = |counts: [usize; 4]| counts.map(|k| format!("{:.0}%", 100.0 * k as f64 / c));
+    for (what, counts) in [("reconstructions", recon_ok), ("renders", render_ok)] {
+        let [colour, shape, direction, camera] = pct(counts);
+        println!("detector on the {what}: colour {colour}, shape {shape}, direction {direction}, camera {camera}");
+    }
     Ok(())
 }

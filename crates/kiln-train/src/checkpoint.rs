@@ -81,6 +81,22 @@ pub fn save_varmap(map: &VarMap, path: &Path) -> Result<()> {
     write_atomic(path, |tmp| Ok(map.save(tmp)?))
 }
 
+/// Copies the exported model folder `from` (files and their subfolders) to `to`, which
+/// must not exist: a run started from another model gets its own copy to export into.
+pub fn copy_model_dir(from: &Path, to: &Path) -> Result<()> {
+    create_dir(to)?;
+    for entry in std::fs::read_dir(from).map_err(io_err(from))? {
+        let entry = entry.map_err(io_err(from))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if src.is_dir() {
+            copy_model_dir(&src, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst).map_err(io_err(&dst))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn create_dir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).map_err(io_err(path))
 }

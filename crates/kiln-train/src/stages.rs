@@ -11,11 +11,11 @@ use kiln_models::wan::vae::{self, WanVae};
 use serde_json::json;
 
 use crate::checkpoint::{
-    commit_staged, create_dir, model_index_json, read_json, save_varmap, scheduler_config_json,
-    write_json, LossLog, TrainState, STAGING_DIR,
+    commit_staged, copy_model_dir, create_dir, model_index_json, read_json, save_varmap,
+    scheduler_config_json, write_json, LossLog, TrainState, STAGING_DIR,
 };
 use crate::conditioning::{sample_conditioning, ConditionRates};
-use crate::data::{clip_batch, gaussian, rng_for, Stream};
+use crate::data::{clip_batch, gaussian, rng_for, ClipBatch, Stream};
 use crate::error::{io_err, Result, TrainError};
 use crate::init::initialise;
 use crate::optim::{AdamW, AdamWConfig};
@@ -69,6 +69,15 @@ pub struct TrainOptions {
     /// VAE stage only: train the decoder alone, the encoder (and so the latents a DiT
     /// stage already trains on, and their exported statistics) staying as they are.
     pub freeze_encoder: bool,
+    /// A new run starts from this exported model's weights (its `model/`-layout folder,
+    /// e.g. `models/kiln-bundled`) instead of seeded initialisation. The folder is copied to
+    /// `out/model/` when that does not exist yet, so the DiT stage finds its frozen VAE and
+    /// a decoder-only VAE stage keeps its latent statistics.
+    pub init_from: Option<PathBuf>,
+    /// VAE stage: weight of the pixels on and next to objects in the reconstruction loss,
+    /// against 1 for the background (1 = the plain mean). Objects are a few percent of a
+    /// clip's pixels but all of what `kiln eval`'s detector reads.
+    pub object_weight: f64,
 }
 
 impl TrainOptions {
@@ -86,6 +95,8 @@ impl TrainOptions {
             rates: ConditionRates::default(),
             checkpoint_every: 100,
             freeze_encoder: false,
+            init_from: None,
+            object_weight: 1.0,
         }
     }
 
@@ -107,6 +118,25 @@ impl TrainOptions {
                 "--lr {} must be a positive number",
                 self.optimizer.lr
             )));
+        }
+        if !(self.object_weight >= 1.0 && self.object_weight.is_finite()) {
+            return Err(TrainError::Options(format!(
+                "--object-weight {} must be a number of at least 1 (1 weighs every pixel alike)",
+                self.object_weight
+            )));
+        }
+        if let Some(dir) = &self.init_from {
+            if self.resume {
+                return Err(TrainError::Options(
+                    "--init-from starts a new run and --resume continues a saved one: pass only one of them".into(),
+                ));
+            }
+            if !dir.join("model_index.json").is_file() && !dir.join("vae/config.json").is_file() {
+                return Err(TrainError::Options(format!(
+                    "--init-from {}: not an exported model folder (no model_index.json or vae/config.json); point it at a folder such as models/kiln-bundled",
+                    dir.display()
+                )));
+            }
         }
         if self.checkpoint_every == 0 {
             return Err(TrainError::Options(
@@ -167,6 +197,34 @@ fn build_from<M>(
     build: impl Fn(VarBuilder<'static>) -> candle_core::Result<M>,
 ) -> Result<M> {
     Ok(build(VarBuilder::from_varmap(map, DType::F32, device))?)
+}
+
+/// Where a stage's variables start: the run's checkpoint when resuming, the `--init-from`
+/// model's exported file `exported` for a new run from it (whose folder is first copied
+/// to `out/model/` unless that exists), or seeded initialisation (`None`).
+fn starting_weights(
+    opts: &TrainOptions,
+    run: &Run,
+    checkpoint: &Path,
+    exported: &str,
+) -> Result<Option<PathBuf>> {
+    if run.resumed {
+        return Ok(Some(checkpoint.to_path_buf()));
+    }
+    let Some(from) = &opts.init_from else {
+        return Ok(None);
+    };
+    let path = from.join(exported);
+    if !path.is_file() {
+        return Err(TrainError::Options(format!(
+            "--init-from {}: {exported} is missing; the folder must hold the weights of the stage it starts",
+            from.display()
+        )));
+    }
+    if !opts.model_dir().exists() {
+        copy_model_dir(from, &opts.model_dir())?;
+    }
+    Ok(Some(path))
 }
 
 fn mse(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
@@ -333,13 +391,18 @@ pub fn train_vae(
     let mut run = open_run(Stage::Vae, opts)?;
     let z = opts.sizes.vae_z_dim;
     let cfg = opts.sizes.vae_config(&vec![0.0; z], &vec![1.0; z])?;
-    let weights_path = run.dir.join("vae.safetensors");
+    let weights_path = starting_weights(
+        opts,
+        &run,
+        &run.dir.join("vae.safetensors"),
+        "vae/diffusion_pytorch_model.safetensors",
+    )?;
     let mut map = VarMap::new();
     let mut init_rng = rng_for(opts.seed, 0, Stream::Initialisation);
     let build_vae = |vb| WanVae::new(&cfg, vb);
     prepare_vars(
         &mut map,
-        run.resumed.then_some(weights_path.as_path()),
+        weights_path.as_deref(),
         &mut init_rng,
         &device,
         build_vae,
@@ -379,8 +442,15 @@ pub fn train_vae(
             };
             let recon = model.decode_unclamped(&latents)?;
             let diff = (&recon - &batch.video)?;
-            let loss = ((diff.abs()?.mean_all()? + diff.sqr()?.mean_all()?)?
-                + (latents.sqr()?.mean_all()? * LATENT_PENALTY)?)?;
+            let pixel_error = (diff.abs()? + diff.sqr()?)?;
+            let reconstruction = if opts.object_weight > 1.0 {
+                let weights = object_weights(&batch, opts.object_weight, &device)?;
+                (pixel_error.broadcast_mul(&weights)?.sum_all()?
+                    / (weights.sum_all()?.to_scalar::<f32>()? as f64 * 3.0))?
+            } else {
+                pixel_error.mean_all()?
+            };
+            let loss = (reconstruction + (latents.sqr()?.mean_all()? * LATENT_PENALTY)?)?;
             Ok(loss)
         },
         |dir, _| save_varmap(&map, &dir.join("vae.safetensors")),
@@ -388,6 +458,30 @@ pub fn train_vae(
     )?;
     export_vae(opts, &build_from(&map, &device, build_vae)?, &map, &device)?;
     Ok(summary)
+}
+
+/// (B, 1, F, H, W) loss weights: `weight` on object pixels and their 1-pixel ring (edges
+/// make the shape), 1 elsewhere.
+fn object_weights(batch: &ClipBatch, weight: f64, device: &Device) -> Result<Tensor> {
+    let (w, h): (usize, usize) = (batch.width, batch.height);
+    let mut out = Vec::with_capacity(batch.object_ids.len() * batch.frames * h * w);
+    for ids in &batch.object_ids {
+        for frame in ids.chunks_exact(w * h) {
+            for y in 0..h {
+                for x in 0..w {
+                    let near = (y.saturating_sub(1)..(y + 2).min(h)).any(|yy| {
+                        (x.saturating_sub(1)..(x + 2).min(w)).any(|xx| frame[yy * w + xx] != 0)
+                    });
+                    out.push(if near { weight as f32 } else { 1.0 });
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(
+        out,
+        (batch.object_ids.len(), 1, batch.frames, h, w),
+        device,
+    )?)
 }
 
 /// Per-channel mean and std of the encoder's latents over a fixed set of clips, written
@@ -468,20 +562,30 @@ pub fn train_dit(
     on_step: &mut dyn FnMut(&StepReport),
 ) -> Result<TrainSummary> {
     let device = Device::Cpu;
-    let vae = load_frozen_vae(opts, &device)?;
     let mut run = open_run(Stage::Dit, opts)?;
+    let te_path = starting_weights(
+        opts,
+        &run,
+        &run.dir.join("text_encoder.safetensors"),
+        "text_encoder/model.safetensors",
+    )?;
+    let tr_path = starting_weights(
+        opts,
+        &run,
+        &run.dir.join("transformer.safetensors"),
+        "transformer/diffusion_pytorch_model.safetensors",
+    )?;
+    let vae = load_frozen_vae(opts, &device)?;
     let tokenizer = CaptionTokenizer::from_grammar()?;
     let te_cfg = opts.sizes.text_encoder_config(tokenizer.vocab_size())?;
     let tr_cfg = opts.sizes.transformer_config()?;
     let mut init_rng = rng_for(opts.seed, 0, Stream::Initialisation);
-    let te_path = run.dir.join("text_encoder.safetensors");
-    let tr_path = run.dir.join("transformer.safetensors");
     let build_text_encoder = |vb| UMT5EncoderModel::new(&te_cfg, vb);
     let build_transformer = |vb| WanTransformer::new(&tr_cfg, vb);
     let mut te_map = VarMap::new();
     prepare_vars(
         &mut te_map,
-        run.resumed.then_some(te_path.as_path()),
+        te_path.as_deref(),
         &mut init_rng,
         &device,
         build_text_encoder,
@@ -489,7 +593,7 @@ pub fn train_dit(
     let mut tr_map = VarMap::new();
     prepare_vars(
         &mut tr_map,
-        run.resumed.then_some(tr_path.as_path()),
+        tr_path.as_deref(),
         &mut init_rng,
         &device,
         build_transformer,
@@ -722,4 +826,39 @@ fn export_dit(
     )?;
     tracing::info!(dir = %model.display(), "model exported");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_weights_cover_objects_and_their_ring() {
+        // One 5x4 frame with an object pixel at (1, 1) and another at (4, 3) (a corner).
+        let mut ids = vec![0u8; 20];
+        ids[5 + 1] = 1;
+        ids[3 * 5 + 4] = 2;
+        let batch = ClipBatch {
+            video: Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap(),
+            width: 5,
+            height: 4,
+            frames: 1,
+            captions: vec![String::new()],
+            object_ids: vec![ids],
+            camera: vec![[0.0; crate::CAMERA_DIM]],
+            camera_static: vec![true],
+            object_count: vec![2],
+        };
+        let w = object_weights(&batch, 8.0, &Device::Cpu).unwrap();
+        assert_eq!(w.dims(), &[1, 1, 1, 4, 5]);
+        let w: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        #[rustfmt::skip]
+        let expected = [
+            8., 8., 8., 1., 1.,
+            8., 8., 8., 1., 1.,
+            8., 8., 8., 8., 8.,
+            1., 1., 1., 8., 8.,
+        ];
+        assert_eq!(w, expected);
+    }
 }
