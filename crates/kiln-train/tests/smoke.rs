@@ -43,6 +43,17 @@ fn tiny(out: PathBuf, steps: u64, lr: f64) -> TrainOptions {
     }
 }
 
+fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    a.sub(b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn mean(xs: &[f64]) -> f64 {
     xs.iter().sum::<f64>() / xs.len() as f64
 }
@@ -102,16 +113,7 @@ fn vae_loss_falls_and_resume_is_exact() {
     let after = weights(&split_dir);
     let (mut encoder, mut decoder_changed) = (0, 0);
     for (name, old) in &before {
-        let changed = old
-            .sub(&after[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            > 0.0;
+        let changed = max_abs_diff(old, &after[name]) > 0.0;
         if name.starts_with("encoder.") || name.starts_with("quant_conv.") {
             encoder += 1;
             assert!(!changed, "{name} changed with the encoder frozen");
@@ -208,15 +210,7 @@ fn dit_loss_falls_and_resume_is_exact() {
     };
     let (exported, restarted) = (transformer(&model), transformer(&from_dir.join("model")));
     for (name, t) in &exported {
-        let diff = t
-            .sub(&restarted[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(t, &restarted[name]);
         assert!(diff < 1e-6, "{name} moved by {diff}");
     }
     assert!(from_dir.join("model/vae/config.json").is_file());
