@@ -76,8 +76,9 @@ pub struct TrainArgs {
     /// finds its VAE). The optimizer starts afresh, with its warm-up.
     #[arg(long)]
     init_from: Option<PathBuf>,
-    /// VAE stage: loss weight of object pixels (and a 1-pixel ring around them) against 1
-    /// for the background; 1 weighs all pixels alike.
+    /// Loss weight of objects against 1 for the background; 1 weighs all alike. VAE stage:
+    /// object pixels and a 1-pixel ring around them; DiT stage: the latent cells whose
+    /// pixel block holds part of an object.
     #[arg(long, default_value_t = 1.0)]
     object_weight: f64,
 }

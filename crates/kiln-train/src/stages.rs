@@ -74,9 +74,11 @@ pub struct TrainOptions {
     /// `out/model/` when that does not exist yet, so the DiT stage finds its frozen VAE and
     /// a decoder-only VAE stage keeps its latent statistics.
     pub init_from: Option<PathBuf>,
-    /// VAE stage: weight of the pixels on and next to objects in the reconstruction loss,
-    /// against 1 for the background (1 = the plain mean). Objects are a few percent of a
-    /// clip's pixels but all of what `kiln eval`'s detector reads.
+    /// Weight of objects in the loss against 1 for the background (1 = the plain mean).
+    /// VAE stage: the pixels on and next to objects in the reconstruction loss; DiT stage:
+    /// the latent cells whose pixel block holds part of an object, in the flow-matching
+    /// loss. Objects are a few percent of a clip but all of what `kiln eval`'s detector
+    /// reads.
     pub object_weight: f64,
 }
 
@@ -669,7 +671,10 @@ pub fn train_dit(
                     Some(&inputs.camera),
                 )?;
                 // Wan's flow matching: the model predicts the velocity noise − x0.
-                Ok(mse(&pred, &inputs.velocity)?)
+                match &inputs.weights {
+                    Some(w) => Ok(weighted_mse(&pred, &inputs.velocity, w)?),
+                    None => Ok(mse(&pred, &inputs.velocity)?),
+                }
             },
             |dir, _| {
                 save_varmap(&te_map, &dir.join("text_encoder.safetensors"))?;
@@ -694,6 +699,8 @@ struct DitInputs {
     captions: Vec<String>,
     /// `(B, CAMERA_DIM)`, zero rows where the camera was dropped.
     camera: Tensor,
+    /// `(B, 1, F', h, w)` loss weights of the latent cells when `--object-weight` > 1.
+    weights: Option<Tensor>,
 }
 
 /// The random draws of a step in a fixed order: scenes, conditioning, then the text and
@@ -760,13 +767,63 @@ fn dit_inputs(opts: &TrainOptions, vae: &WanVae, step: u64, device: &Device) -> 
     let sigma = Tensor::from_vec(sigmas, (b, 1, 1, 1, 1), device)?;
     let one_minus = (1.0 - &sigma)?;
     let noisy = (x0.broadcast_mul(&one_minus)? + noise.broadcast_mul(&sigma)?)?;
+    let weights = if opts.object_weight > 1.0 {
+        Some(latent_object_weights(
+            &batch,
+            opts.object_weight,
+            spatial,
+            temporal,
+            device,
+        )?)
+    } else {
+        None
+    };
     Ok(DitInputs {
         input: Tensor::cat(&[&noisy, &cond.mask_channels, &cond_latents], 1)?,
         timesteps: Tensor::from_vec(timesteps, b, device)?,
         velocity: (noise - &x0)?,
         captions,
         camera,
+        weights,
     })
+}
+
+/// (B, 1, F', h, w) loss weights of latent cells: `weight` where the cell's pixel block
+/// (its `spatial`² pixels over its frames: frame 0 for the first latent frame, then
+/// `temporal` frames each, as the causal VAE groups them) holds an object pixel, 1
+/// elsewhere.
+fn latent_object_weights(
+    batch: &ClipBatch,
+    weight: f64,
+    spatial: usize,
+    temporal: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let (w, h) = (batch.width, batch.height);
+    let (lw, lh) = (w.div_ceil(spatial), h.div_ceil(spatial));
+    let lf = 1 + batch.frames.saturating_sub(1).div_ceil(temporal);
+    let mut out = vec![1f32; batch.object_ids.len() * lf * lh * lw];
+    for (b, ids) in batch.object_ids.iter().enumerate() {
+        for (f, frame) in ids.chunks_exact(w * h).enumerate() {
+            let t = if f == 0 { 0 } else { (f - 1) / temporal + 1 };
+            for (i, _) in frame.iter().enumerate().filter(|(_, &id)| id != 0) {
+                let (y, x) = (i / w / spatial, i % w / spatial);
+                out[((b * lf + t) * lh + y) * lw + x] = weight as f32;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(
+        out,
+        (batch.object_ids.len(), 1, lf, lh, lw),
+        device,
+    )?)
+}
+
+/// Mean of `weights · (a − b)²`, normalised by the summed weights over every channel.
+fn weighted_mse(a: &Tensor, b: &Tensor, weights: &Tensor) -> candle_core::Result<Tensor> {
+    let channels = a.dim(1)? as f64;
+    let total = weights.sum_all()?.to_scalar::<f32>()? as f64 * channels;
+    (a - b)?.sqr()?.broadcast_mul(weights)?.sum_all()? / total
 }
 
 /// Prompt embeddings as the pipeline makes them, without the zero rows that pad them to
@@ -860,5 +917,53 @@ mod tests {
             1., 1., 1., 8., 8.,
         ];
         assert_eq!(w, expected);
+    }
+
+    #[test]
+    fn latent_object_weights_mark_the_blocks_holding_objects() {
+        // 4x2 pixels, 6 frames -> latent 2x1, frames {0}, {1..4}, {5}. An object pixel at
+        // (3, 1) in frame 0, one at (0, 0) in frame 2 and none in frame 5.
+        let (w, h, frames) = (4, 2, 6);
+        let mut ids = vec![0u8; w * h * frames];
+        ids[w + 3] = 1;
+        ids[2 * w * h] = 1;
+        let batch = ClipBatch {
+            video: Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap(),
+            width: w,
+            height: h,
+            frames,
+            captions: vec![String::new()],
+            object_ids: vec![ids],
+            camera: vec![[0.0; crate::CAMERA_DIM]],
+            camera_static: vec![true],
+            object_count: vec![1],
+        };
+        let weights = latent_object_weights(&batch, 5.0, 2, 4, &Device::Cpu).unwrap();
+        assert_eq!(weights.dims(), &[1, 1, 3, 1, 2]);
+        let weights: Vec<f32> = weights.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(weights, [1., 5., 5., 1., 1., 1.]);
+        // The weighted loss is the plain mean when every weight is equal.
+        let a = Tensor::arange(0f32, 12., &Device::Cpu)
+            .unwrap()
+            .reshape((1, 2, 3, 1, 2))
+            .unwrap();
+        let b = Tensor::zeros_like(&a).unwrap();
+        let ones = Tensor::ones((1, 1, 3, 1, 2), DType::F32, &Device::Cpu).unwrap();
+        let plain = mse(&a, &b).unwrap().to_scalar::<f32>().unwrap();
+        let weighted = weighted_mse(&a, &b, &ones)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((plain - weighted).abs() < 1e-5);
+        // And leans to the weighted cells otherwise: cell 1 of channel 0 is 1, of channel 1 is 7.
+        let only_cell_1 = Tensor::new(&[0f32, 1., 0., 0., 0., 0.], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 3, 1, 2))
+            .unwrap();
+        let cell = weighted_mse(&a, &b, &only_cell_1)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((cell - (1. + 49.) / 2.).abs() < 1e-4);
     }
 }
