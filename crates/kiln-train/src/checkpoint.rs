@@ -26,10 +26,23 @@ pub struct TrainState {
     pub sizes: ModelSizes,
     pub geometry: ClipGeometry,
     pub rates: ConditionRates,
+    /// The `--object-weight` of the latest session (1 in states written before it).
+    #[serde(default = "unit_weight")]
+    pub object_weight: f64,
+    /// VAE stage: the decoder trained alone.
+    #[serde(default)]
+    pub freeze_encoder: bool,
+    /// The exported model the run started from (`--init-from`), if any.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
     pub rng: String,
     pub last_loss: Option<f64>,
     /// Training wall time over all sessions of this run.
     pub wall_seconds: f64,
+}
+
+fn unit_weight() -> f64 {
+    1.0
 }
 
 /// Writes via a temporary file and a rename, so a crash never leaves half a file.

@@ -255,6 +255,9 @@ fn open_run(stage: Stage, opts: &TrainOptions) -> Result<Run> {
         sizes: opts.sizes.clone(),
         geometry: opts.geometry.clone(),
         rates: opts.rates.clone(),
+        object_weight: opts.object_weight,
+        freeze_encoder: opts.freeze_encoder,
+        init_from: opts.init_from.clone(),
         rng: "SplitMix64 streams derived from (seed, step); nothing else to restore".into(),
         last_loss: None,
         wall_seconds: 0.0,
@@ -281,6 +284,11 @@ fn open_run(stage: Stage, opts: &TrainOptions) -> Result<Run> {
             );
             saved.geometry.frame_counts = fresh.geometry.frame_counts.clone();
         }
+        // The loss and optimizer settings may change between sessions; the state records
+        // the latest.
+        saved.optimizer = fresh.optimizer.clone();
+        saved.object_weight = fresh.object_weight;
+        saved.freeze_encoder = fresh.freeze_encoder;
         if !same_run {
             return Err(TrainError::Options(format!(
                 "{}: the saved run has other settings (seed {}, batch {}, model sizes or clip sizes); resume with the same --seed, --batch and sizes (only --frames and --lr may change), or choose another --out",

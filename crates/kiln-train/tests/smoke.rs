@@ -214,6 +214,22 @@ fn dit_loss_falls_and_resume_is_exact() {
         assert!(diff < 1e-6, "{name} moved by {diff}");
     }
     assert!(from_dir.join("model/vae/config.json").is_file());
+    // The object-weighted flow-matching loss trains on the real latent shapes, and the
+    // state records where the run started and the weight.
+    let weighted_dir = scratch("dit-object-weight");
+    let mut weighted = tiny(weighted_dir.clone(), 1, 1e-3);
+    weighted.init_from = Some(model.clone());
+    weighted.object_weight = 3.0;
+    let summary = train_dit(&weighted, &mut |_| {}).expect("object-weighted run");
+    assert!(summary.losses[0].is_finite() && summary.losses[0] > 0.0);
+    let state = std::fs::read_to_string(weighted_dir.join("dit-train/state.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(state["object_weight"], serde_json::json!(3.0));
+    assert_eq!(
+        state["init_from"],
+        serde_json::json!(model.to_str().unwrap())
+    );
+    let _ = std::fs::remove_dir_all(weighted_dir);
     // Starting from a model and resuming a run are exclusive.
     from.resume = true;
     assert!(train_dit(&from, &mut |_| {}).is_err());
