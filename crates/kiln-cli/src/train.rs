@@ -81,6 +81,10 @@ pub struct TrainArgs {
     /// pixel block holds part of an object.
     #[arg(long, default_value_t = 1.0)]
     object_weight: f64,
+    /// DiT stage: factor on the learning rate of the conditioning paths (the text encoder,
+    /// and the transformer's text and camera embedders); 1 trains them at --lr.
+    #[arg(long, default_value_t = 1.0)]
+    conditioning_lr_scale: f64,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -114,6 +118,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     opts.resume = args.resume;
     opts.init_from = args.init_from;
     opts.object_weight = args.object_weight;
+    opts.set_conditioning_lr_scale(args.conditioning_lr_scale);
     opts.sizes = sizes;
     opts.geometry = geometry;
 

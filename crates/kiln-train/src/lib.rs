@@ -20,7 +20,7 @@ pub mod tokenizer;
 
 pub use conditioning::ConditionRates;
 pub use error::{Result, TrainError};
-pub use optim::{AdamW, AdamWConfig};
+pub use optim::{AdamW, AdamWConfig, LrScale};
 pub use sizes::{ClipGeometry, ModelSizes, CAMERA_DIM};
 pub use stages::{
     train_dit, train_vae, Stage, StepReport, TrainOptions, TrainSummary, FLOW_SHIFT, TEXT_LEN,

@@ -22,6 +22,29 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
     pub warmup_steps: u64,
     pub max_grad_norm: f64,
+    /// Learning-rate factors for variables whose name contains a pattern (the first match
+    /// counts; others get 1). Adam moves every weight by about the learning rate a step
+    /// whatever its scale, so small paths that start near zero (a zero-initialised
+    /// embedder's output layer) or tables of scale 1 change slowly at the rate that suits
+    /// the transformer's matrices.
+    #[serde(default)]
+    pub lr_scales: Vec<LrScale>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LrScale {
+    /// Matched against `prefix.name` (e.g. `transformer.condition_embedder.camera_embedder`).
+    pub contains: String,
+    pub factor: f64,
+}
+
+impl AdamWConfig {
+    fn lr_factor(&self, name: &str) -> f64 {
+        self.lr_scales
+            .iter()
+            .find(|s| name.contains(&s.contains))
+            .map_or(1.0, |s| s.factor)
+    }
 }
 
 impl AdamWConfig {
@@ -34,12 +57,15 @@ impl AdamWConfig {
             weight_decay: 0.01,
             warmup_steps: 20,
             max_grad_norm: 1.0,
+            lr_scales: Vec::new(),
         }
     }
 }
 
 struct Slot {
     name: String,
+    /// This variable's factor on the learning rate (`AdamWConfig::lr_scales`).
+    lr_factor: f64,
     var: Var,
     first_moment: Tensor,
     second_moment: Tensor,
@@ -73,8 +99,10 @@ impl AdamW {
                 let var = data[name].clone();
                 device = var.device().clone();
                 let zeros = var.as_tensor().zeros_like()?;
+                let name = format!("{prefix}.{name}");
                 slots.push(Slot {
-                    name: format!("{prefix}.{name}"),
+                    lr_factor: config.lr_factor(&name),
+                    name,
                     var,
                     first_moment: zeros.clone(),
                     second_moment: zeros,
@@ -125,12 +153,13 @@ impl AdamW {
             let v_hat = (&slot.second_moment / bias2)?;
             let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
             let theta = slot.var.as_tensor();
+            let slot_lr = lr * slot.lr_factor;
             let decayed = if theta.rank() >= 2 {
-                (theta * (1.0 - lr * c.weight_decay))?
+                (theta * (1.0 - slot_lr * c.weight_decay))?
             } else {
                 theta.clone()
             };
-            slot.var.set(&(decayed - (update * lr)?)?)?;
+            slot.var.set(&(decayed - (update * slot_lr)?)?)?;
         }
         Ok(UpdateReport { lr, grad_norm })
     }
@@ -168,5 +197,40 @@ impl AdamW {
         let step: Vec<u32> = get("step")?.to_vec1()?;
         self.step = (u64::from(step[0]) << 32) | u64::from(step[1]);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn lr_scales_multiply_the_step_of_matching_variables() {
+        let device = Device::Cpu;
+        let maps: Vec<VarMap> = (0..2).map(|_| VarMap::new()).collect();
+        for map in &maps {
+            map.get((2,), "w", candle_nn::Init::Const(1.0), DType::F32, &device)
+                .unwrap();
+        }
+        let mut config = AdamWConfig::with_lr(0.01);
+        config.warmup_steps = 1;
+        config.lr_scales = vec![LrScale {
+            contains: "fast.".into(),
+            factor: 3.0,
+        }];
+        let mut optimizer = AdamW::new(&[("fast", &maps[0]), ("slow", &maps[1])], config).unwrap();
+        let vars: Vec<Var> = maps
+            .iter()
+            .map(|m| m.data().lock().unwrap()["w"].clone())
+            .collect();
+        let loss = (vars[0].as_tensor().sum_all().unwrap()
+            + vars[1].as_tensor().sum_all().unwrap())
+        .unwrap();
+        optimizer.update(&loss.backward().unwrap()).unwrap();
+        let moved = |v: &Var| 1.0 - v.as_tensor().to_vec1::<f32>().unwrap()[0];
+        // Adam's first step is lr · sign(g) (rank-1 variables are not decayed).
+        assert!((moved(&vars[1]) - 0.01).abs() < 1e-6, "{}", moved(&vars[1]));
+        assert!((moved(&vars[0]) - 0.03).abs() < 1e-6, "{}", moved(&vars[0]));
     }
 }

@@ -18,7 +18,7 @@ use crate::conditioning::{sample_conditioning, ConditionRates};
 use crate::data::{clip_batch, gaussian, rng_for, ClipBatch, Stream};
 use crate::error::{io_err, Result, TrainError};
 use crate::init::initialise;
-use crate::optim::{AdamW, AdamWConfig};
+use crate::optim::{AdamW, AdamWConfig, LrScale};
 use crate::sizes::{ClipGeometry, ModelSizes, CAMERA_DIM};
 use crate::tokenizer::{tokenizer_config_json, CaptionTokenizer};
 
@@ -102,6 +102,22 @@ impl TrainOptions {
         }
     }
 
+    /// DiT stage: the learning rate of the conditioning paths — the text encoder and the
+    /// transformer's text and camera embedders — times `factor` (1 clears it).
+    pub fn set_conditioning_lr_scale(&mut self, factor: f64) {
+        self.optimizer.lr_scales = if factor == 1.0 {
+            Vec::new()
+        } else {
+            ["text_encoder.", "camera_embedder.", "text_embedder."]
+                .into_iter()
+                .map(|contains| LrScale {
+                    contains: contains.into(),
+                    factor,
+                })
+                .collect()
+        };
+    }
+
     pub fn stage_dir(&self, stage: Stage) -> PathBuf {
         self.out.join(format!("{}-train", stage.name()))
     }
@@ -119,6 +135,17 @@ impl TrainOptions {
             return Err(TrainError::Options(format!(
                 "--lr {} must be a positive number",
                 self.optimizer.lr
+            )));
+        }
+        if let Some(bad) = self
+            .optimizer
+            .lr_scales
+            .iter()
+            .find(|s| !(s.factor > 0.0 && s.factor.is_finite()))
+        {
+            return Err(TrainError::Options(format!(
+                "--conditioning-lr-scale {} must be a positive number",
+                bad.factor
             )));
         }
         if !(self.object_weight >= 1.0 && self.object_weight.is_finite()) {
