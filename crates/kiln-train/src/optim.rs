@@ -39,15 +39,6 @@ pub struct LrScale {
 }
 
 impl AdamWConfig {
-    fn lr_factor(&self, name: &str) -> f64 {
-        self.lr_scales
-            .iter()
-            .find(|s| name.contains(&s.contains))
-            .map_or(1.0, |s| s.factor)
-    }
-}
-
-impl AdamWConfig {
     pub fn with_lr(lr: f64) -> Self {
         Self {
             lr,
@@ -59,6 +50,13 @@ impl AdamWConfig {
             max_grad_norm: 1.0,
             lr_scales: Vec::new(),
         }
+    }
+
+    fn lr_factor(&self, name: &str) -> f64 {
+        self.lr_scales
+            .iter()
+            .find(|s| name.contains(&s.contains))
+            .map_or(1.0, |s| s.factor)
     }
 }
 

@@ -318,7 +318,7 @@ fn open_run(stage: Stage, opts: &TrainOptions) -> Result<Run> {
         saved.freeze_encoder = fresh.freeze_encoder;
         if !same_run {
             return Err(TrainError::Options(format!(
-                "{}: the saved run has other settings (seed {}, batch {}, model sizes or clip sizes); resume with the same --seed, --batch and sizes (only --frames and --lr may change), or choose another --out",
+                "{}: the saved run has other settings (seed {}, batch {}, model sizes or clip sizes); resume with the same --seed, --batch and sizes (only --frames and the optimizer and loss options may change), or choose another --out",
                 state_path.display(),
                 saved.seed,
                 saved.batch
@@ -482,8 +482,7 @@ pub fn train_vae(
             let pixel_error = (diff.abs()? + diff.sqr()?)?;
             let reconstruction = if opts.object_weight > 1.0 {
                 let weights = object_weights(&batch, opts.object_weight, &device)?;
-                (pixel_error.broadcast_mul(&weights)?.sum_all()?
-                    / (weights.sum_all()?.to_scalar::<f32>()? as f64 * 3.0))?
+                weighted_mean(&pixel_error, &weights)?
             } else {
                 pixel_error.mean_all()?
             };
@@ -707,7 +706,7 @@ pub fn train_dit(
                 )?;
                 // Wan's flow matching: the model predicts the velocity noise − x0.
                 match &inputs.weights {
-                    Some(w) => Ok(weighted_mse(&pred, &inputs.velocity, w)?),
+                    Some(w) => Ok(weighted_mean(&(pred - &inputs.velocity)?.sqr()?, w)?),
                     None => Ok(mse(&pred, &inputs.velocity)?),
                 }
             },
@@ -854,11 +853,12 @@ fn latent_object_weights(
     )?)
 }
 
-/// Mean of `weights · (a − b)²`, normalised by the summed weights over every channel.
-fn weighted_mse(a: &Tensor, b: &Tensor, weights: &Tensor) -> candle_core::Result<Tensor> {
-    let channels = a.dim(1)? as f64;
+/// Mean of a (B, C, …) `error` weighted by (B, 1, …) `weights`: the weighted sum over
+/// the summed weights of every channel, so equal weights give the plain mean.
+fn weighted_mean(error: &Tensor, weights: &Tensor) -> candle_core::Result<Tensor> {
+    let channels = error.dim(1)? as f64;
     let total = weights.sum_all()?.to_scalar::<f32>()? as f64 * channels;
-    (a - b)?.sqr()?.broadcast_mul(weights)?.sum_all()? / total
+    error.broadcast_mul(weights)?.sum_all()? / total
 }
 
 /// Prompt embeddings as the pipeline makes them, without the zero rows that pad them to
@@ -985,7 +985,7 @@ mod tests {
         let b = Tensor::zeros_like(&a).unwrap();
         let ones = Tensor::ones((1, 1, 3, 1, 2), DType::F32, &Device::Cpu).unwrap();
         let plain = mse(&a, &b).unwrap().to_scalar::<f32>().unwrap();
-        let weighted = weighted_mse(&a, &b, &ones)
+        let weighted = weighted_mean(&(&a - &b).unwrap().sqr().unwrap(), &ones)
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
@@ -995,7 +995,7 @@ mod tests {
             .unwrap()
             .reshape((1, 1, 3, 1, 2))
             .unwrap();
-        let cell = weighted_mse(&a, &b, &only_cell_1)
+        let cell = weighted_mean(&(&a - &b).unwrap().sqr().unwrap(), &only_cell_1)
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
