@@ -85,6 +85,10 @@ pub struct TrainArgs {
     /// and the transformer's text and camera embedders); 1 trains them at --lr.
     #[arg(long, default_value_t = 1.0)]
     conditioning_lr_scale: f64,
+    /// Rows the prompt embeddings are padded to, written into the exported model for the
+    /// pipeline to use (default: the size's own, 64 for the bundled model; Wan uses 512).
+    #[arg(long)]
+    text_len: Option<usize>,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -101,10 +105,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // other thread exists yet.
     std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
     std::env::set_var("CANDLE_NUM_THREADS", args.threads.to_string());
-    let (sizes, mut geometry) = match args.size {
+    let (mut sizes, mut geometry) = match args.size {
         SizeArg::Bundled => (ModelSizes::bundled(), ClipGeometry::bundled()),
         SizeArg::Tiny => (ModelSizes::tiny(), ClipGeometry::tiny()),
     };
+    if let Some(text_len) = args.text_len {
+        sizes.text_len = text_len;
+    }
     if let Some(frames) = args.frames {
         geometry.frame_counts = frames;
     }

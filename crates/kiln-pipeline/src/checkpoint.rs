@@ -17,9 +17,6 @@ use crate::defaults::ModelDefaults;
 use crate::prompt::PromptTokenizer;
 use crate::{ModelGeometry, PipelineError};
 
-/// The reference pipeline's text length.
-const MAX_SEQUENCE_LENGTH: usize = 512;
-
 /// A diffusers-layout folder, with optional single-file overrides of its weights.
 #[derive(Debug, Clone, Default)]
 pub struct CheckpointPaths {
@@ -113,7 +110,7 @@ pub(crate) fn load(
         .map_err(|e| load_err(format!("{}: {e}", model.join("model_index.json").display())))?;
     let tokenizer = PromptTokenizer::from_file(
         &require_dir(model, "tokenizer")?.join("tokenizer.json"),
-        MAX_SEQUENCE_LENGTH,
+        defaults.max_sequence_length,
     )?;
 
     let te_dir = require_dir(model, "text_encoder")?;
@@ -217,7 +214,7 @@ pub(crate) fn load(
             temporal_factor,
             spatial_factor,
             patch,
-            max_sequence_length: MAX_SEQUENCE_LENGTH,
+            max_sequence_length: defaults.max_sequence_length,
         },
         defaults,
         shipped_conditions,

@@ -28,6 +28,9 @@ pub struct ModelDefaults {
     pub steps: usize,
     pub guidance_scale: f64,
     pub negative_prompt: String,
+    /// Rows the prompt embeddings are padded to (longer prompts are truncated): the text
+    /// length the transformer was trained with.
+    pub max_sequence_length: usize,
 }
 
 impl Default for ModelDefaults {
@@ -44,6 +47,7 @@ impl Default for ModelDefaults {
             steps: 50,
             guidance_scale: 5.0,
             negative_prompt: DEFAULT_NEGATIVE_PROMPT.to_string(),
+            max_sequence_length: 512,
         }
     }
 }
@@ -54,8 +58,14 @@ impl ModelDefaults {
     pub fn from_model_index(index: &serde_json::Value) -> Result<Self, String> {
         match index.get("kiln_defaults") {
             None => Ok(Self::default()),
-            Some(v) => serde_json::from_value(v.clone())
-                .map_err(|e| format!("kiln_defaults: {e}; fix or remove it")),
+            Some(v) => {
+                let defaults: Self = serde_json::from_value(v.clone())
+                    .map_err(|e| format!("kiln_defaults: {e}; fix or remove it"))?;
+                if defaults.max_sequence_length == 0 {
+                    return Err("kiln_defaults: max_sequence_length is 0; it must be the text length the model was trained with (Wan: 512)".into());
+                }
+                Ok(defaults)
+            }
         }
     }
 
@@ -74,6 +84,7 @@ mod tests {
         let d = ModelDefaults::from_model_index(&serde_json::json!({})).unwrap();
         assert_eq!(d.frames_for_seconds(5.0), 81);
         assert_eq!(d.sizes.landscape, [832, 480]);
+        assert_eq!(d.max_sequence_length, 512);
     }
 
     #[test]
@@ -85,6 +96,17 @@ mod tests {
         assert_eq!((d.fps, d.steps, d.frames_for_seconds(10.0)), (8, 10, 81));
         assert_eq!(d.sizes.portrait, [64, 112]);
         assert_eq!(d.guidance_scale, 5.0);
+        assert_eq!(
+            d.max_sequence_length, 512,
+            "Wan's text length unless it is given"
+        );
+        let short = serde_json::json!({"kiln_defaults": {"max_sequence_length": 64}});
+        let d = ModelDefaults::from_model_index(&short).unwrap();
+        assert_eq!((d.max_sequence_length, d.fps), (64, 16));
+        let zero = serde_json::json!({"kiln_defaults": {"max_sequence_length": 0}});
+        assert!(ModelDefaults::from_model_index(&zero)
+            .unwrap_err()
+            .contains("max_sequence_length"));
         let bad = serde_json::json!({"kiln_defaults": {"fps": "fast"}});
         assert!(ModelDefaults::from_model_index(&bad)
             .unwrap_err()

@@ -57,7 +57,11 @@ fn write_tiny_bundled(dir: &Path) -> PathBuf {
         .map(|w| w.to_string())
         .collect();
     let vocab_size = words.len() + 3;
-    write_json(&model.join("model_index.json"), &model_index_json()).unwrap();
+    write_json(
+        &model.join("model_index.json"),
+        &model_index_json(sizes.text_len),
+    )
+    .unwrap();
     write_json(
         &model.join("tokenizer/tokenizer.json"),
         &tokenizer_json(&words),
@@ -65,7 +69,7 @@ fn write_tiny_bundled(dir: &Path) -> PathBuf {
     .unwrap();
     write_json(
         &model.join("tokenizer/tokenizer_config.json"),
-        &tokenizer_config_json(),
+        &tokenizer_config_json(sizes.text_len),
     )
     .unwrap();
     write_json(
@@ -200,6 +204,10 @@ fn bundled_layout_generates_text_only_and_with_camera() {
     assert_eq!(g.latent_channels, 4);
     assert_eq!(g.conditioning_channels, 4 + 4);
     assert_eq!(g.camera_dim, Some(7));
+    // The text length the model was trained at, read back from model_index.json.
+    assert_eq!(g.max_sequence_length, ModelSizes::tiny().text_len);
+    let text = pipe.encode_prompt("a red circle moves right").unwrap();
+    assert_eq!(text.dims()[1], ModelSizes::tiny().text_len);
 
     let text_only = generate(&pipe, None);
     assert_eq!(text_only.dims(), &[FRAMES, HEIGHT, WIDTH, 3]);
@@ -502,5 +510,30 @@ fn shipped_text_only_conditions_equal_the_encode_and_follow_the_vae() {
         .unwrap()
         .unwrap();
     assert!(max_abs_diff(&recomputed, &computed) > 1e-6);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn prompts_past_the_text_length_truncate_as_in_training() {
+    let dir = scratch("truncate");
+    let model = write_tiny_bundled(&dir);
+    let path = model.join("tokenizer/tokenizer.json");
+    let training = kiln_train::CaptionTokenizer::from_file(&path).unwrap();
+    let text = "a red circle moves right a blue square";
+    for max_len in [3, 5, 9, 64] {
+        let pipeline = kiln_pipeline::prompt::PromptTokenizer::from_file(&path, max_len).unwrap();
+        let tokens = pipeline.encode(text, &Device::Cpu).unwrap();
+        let ids: Vec<u32> = tokens.input_ids.flatten_all().unwrap().to_vec1().unwrap();
+        let batch = training
+            .encode_batch(&[text.to_string()], max_len, &Device::Cpu)
+            .unwrap();
+        let trained: Vec<u32> = batch.input_ids.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(&ids[..tokens.len], &trained[..], "max_len {max_len}");
+        assert_eq!(
+            *trained.last().unwrap(),
+            1,
+            "ends with </s> (max_len {max_len})"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -154,8 +154,9 @@ impl LossLog {
 
 /// `model_index.json` of the bundled model. The class is `WanPipeline` so the existing
 /// loader accepts the folder; `kiln_conditioning` tells kiln the transformer takes the
-/// image-to-video input (noise, 4 mask channels, condition latents) and a camera vector.
-pub fn model_index_json() -> Value {
+/// image-to-video input (noise, 4 mask channels, condition latents) and a camera vector;
+/// `kiln_defaults.max_sequence_length` is the text length the model was trained at.
+pub fn model_index_json(text_len: usize) -> Value {
     json!({
         "_class_name": "WanPipeline",
         "_diffusers_version": "0.42.1",
@@ -171,7 +172,8 @@ pub fn model_index_json() -> Value {
             "sizes": {"16:9": [112, 64], "9:16": [64, 112], "1:1": [64, 64]},
             "steps": 10,
             "guidance_scale": 4.0,
-            "negative_prompt": ""
+            "negative_prompt": "",
+            "max_sequence_length": text_len
         },
         "scheduler": ["diffusers", "UniPCMultistepScheduler"],
         "text_encoder": ["transformers", "UMT5EncoderModel"],

@@ -21,8 +21,6 @@ pub mod tokenizer;
 pub use conditioning::ConditionRates;
 pub use error::{Result, TrainError};
 pub use optim::{AdamW, AdamWConfig, LrScale};
-pub use sizes::{ClipGeometry, ModelSizes, CAMERA_DIM};
-pub use stages::{
-    train_dit, train_vae, Stage, StepReport, TrainOptions, TrainSummary, FLOW_SHIFT, TEXT_LEN,
-};
+pub use sizes::{ClipGeometry, ModelSizes, CAMERA_DIM, REFERENCE_TEXT_LEN};
+pub use stages::{train_dit, train_vae, Stage, StepReport, TrainOptions, TrainSummary, FLOW_SHIFT};
 pub use tokenizer::CaptionTokenizer;

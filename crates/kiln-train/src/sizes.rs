@@ -34,6 +34,19 @@ pub struct ModelSizes {
     pub dit_ffn_dim: usize,
     pub dit_num_layers: usize,
     pub dit_freq_dim: usize,
+    /// Rows the prompt embeddings are padded to (the pipeline reads it back from
+    /// `model_index.json`'s `kiln_defaults.max_sequence_length`). Wan pads to 512; at this
+    /// size the zero rows would take ~95% of every cross-attention query's weight at the
+    /// start of training and leave the caption's words a small share of the gradient.
+    #[serde(default = "reference_text_len")]
+    pub text_len: usize,
+}
+
+/// Wan's `max_sequence_length` (states written before `text_len` existed used it).
+pub const REFERENCE_TEXT_LEN: usize = 512;
+
+fn reference_text_len() -> usize {
+    REFERENCE_TEXT_LEN
 }
 
 impl ModelSizes {
@@ -55,6 +68,8 @@ impl ModelSizes {
             dit_ffn_dim: 576,
             dit_num_layers: 4,
             dit_freq_dim: 64,
+            // The grammar's captions run to 56 tokens (`</s>` included); a test checks they fit.
+            text_len: 64,
         }
     }
 
@@ -76,6 +91,7 @@ impl ModelSizes {
             dit_ffn_dim: 32,
             dit_num_layers: 1,
             dit_freq_dim: 16,
+            text_len: 64,
         }
     }
 

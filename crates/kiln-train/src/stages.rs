@@ -27,8 +27,6 @@ pub const FLOW_SHIFT: f64 = 3.0;
 /// Threads that make the DiT stage's inputs ahead of the trainer (see `train_dit`).
 const INPUT_THREADS: usize = 2;
 
-/// Text length the pipeline pads prompt embeddings to (its `MAX_SEQUENCE_LENGTH`).
-pub const TEXT_LEN: usize = 512;
 /// Weight of the latent L2 penalty that keeps the autoencoder's latents bounded.
 const LATENT_PENALTY: f64 = 1e-4;
 /// Clips encoded to measure the latent statistics written into `vae/config.json`.
@@ -147,6 +145,11 @@ impl TrainOptions {
                 "--conditioning-lr-scale {} must be a positive number",
                 bad.factor
             )));
+        }
+        if self.sizes.text_len == 0 {
+            return Err(TrainError::Options(
+                "--text-len must be at least 1 (the bundled model uses 64)".into(),
+            ));
         }
         if !(self.object_weight >= 1.0 && self.object_weight.is_finite()) {
             return Err(TrainError::Options(format!(
@@ -318,7 +321,7 @@ fn open_run(stage: Stage, opts: &TrainOptions) -> Result<Run> {
         saved.freeze_encoder = fresh.freeze_encoder;
         if !same_run {
             return Err(TrainError::Options(format!(
-                "{}: the saved run has other settings (seed {}, batch {}, model sizes or clip sizes); resume with the same --seed, --batch and sizes (only --frames and the optimizer and loss options may change), or choose another --out",
+                "{}: the saved run has other settings (seed {}, batch {}, model sizes, text length or clip sizes); resume with the same --seed, --batch, --text-len and sizes (only --frames and the optimizer and loss options may change), or choose another --out",
                 state_path.display(),
                 saved.seed,
                 saved.batch
@@ -695,13 +698,20 @@ pub fn train_dit(
                 }
                 let text_encoder = build_from(&te_map, device, build_text_encoder)?;
                 let transformer = build_from(&tr_map, device, build_transformer)?;
-                let text = encode_text(&tokenizer, &text_encoder, &inputs.captions, device)?;
-                // The pipeline's zero padding to TEXT_LEN rows, folded into one row.
+                let text_len = opts.sizes.text_len;
+                let text = encode_text(
+                    &tokenizer,
+                    &text_encoder,
+                    &inputs.captions,
+                    text_len,
+                    device,
+                )?;
+                // The pipeline's zero padding to `text_len` rows, folded into one row.
                 let pred = transformer.forward_with_text_padding(
                     &inputs.input,
                     &inputs.timesteps,
                     &text,
-                    TEXT_LEN,
+                    text_len,
                     Some(&inputs.camera),
                 )?;
                 // Wan's flow matching: the model predicts the velocity noise − x0.
@@ -862,23 +872,19 @@ fn weighted_mean(error: &Tensor, weights: &Tensor) -> candle_core::Result<Tensor
 }
 
 /// Prompt embeddings as the pipeline makes them, without the zero rows that pad them to
-/// `TEXT_LEN` (`WanTransformer::forward_with_text_padding` takes those as a count):
-/// encoder output of the real tokens, rows past each prompt zeroed. Running the encoder
-/// on the batch's longest prompt only is exact: padded keys are masked out.
+/// `text_len` (`WanTransformer::forward_with_text_padding` takes those as a count):
+/// encoder output of the real tokens, rows past each prompt zeroed, captions truncated to
+/// `text_len` tokens as the pipeline's tokenizer truncates them. Running the encoder on
+/// the batch's longest prompt only is exact: padded keys are masked out.
 pub fn encode_text(
     tokenizer: &CaptionTokenizer,
     text_encoder: &UMT5EncoderModel,
     captions: &[String],
+    text_len: usize,
     device: &Device,
 ) -> Result<Tensor> {
-    let tokens = tokenizer.encode_batch(captions, device)?;
+    let tokens = tokenizer.encode_batch(captions, text_len, device)?;
     let hidden = text_encoder.forward(&tokens.input_ids, &tokens.attention_mask)?;
-    let l = hidden.dim(1)?;
-    if l > TEXT_LEN {
-        return Err(TrainError::Options(format!(
-            "a caption has {l} tokens, more than {TEXT_LEN}"
-        )));
-    }
     let keep = tokens.attention_mask.to_dtype(DType::F32)?.unsqueeze(2)?;
     Ok(hidden.broadcast_mul(&keep)?)
 }
@@ -893,11 +899,14 @@ fn export_dit(
     for sub in ["tokenizer", "text_encoder", "transformer", "scheduler"] {
         create_dir(&model.join(sub))?;
     }
-    write_json(&model.join("model_index.json"), &model_index_json())?;
+    write_json(
+        &model.join("model_index.json"),
+        &model_index_json(opts.sizes.text_len),
+    )?;
     write_json(&model.join("tokenizer/tokenizer.json"), tokenizer.json())?;
     write_json(
         &model.join("tokenizer/tokenizer_config.json"),
-        &tokenizer_config_json(),
+        &tokenizer_config_json(opts.sizes.text_len),
     )?;
     write_json(
         &model.join("text_encoder/config.json"),

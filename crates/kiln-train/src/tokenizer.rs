@@ -112,14 +112,14 @@ pub fn tokenizer_json(words: &BTreeSet<String>) -> Value {
 }
 
 /// `tokenizer/tokenizer_config.json`, as transformers writes one for T5.
-pub fn tokenizer_config_json() -> Value {
+pub fn tokenizer_config_json(max_len: usize) -> Value {
     json!({
         "backend": "tokenizers",
         "eos_token": EOS_TOKEN,
         "pad_token": PAD_TOKEN,
         "unk_token": UNK_TOKEN,
         "extra_ids": 0,
-        "model_max_length": 512,
+        "model_max_length": max_len,
         "tokenizer_class": "T5Tokenizer"
     })
 }
@@ -180,10 +180,31 @@ impl CaptionTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
-    pub fn encode_batch(&self, texts: &[String], device: &Device) -> Result<TokenBatch> {
+    /// Ids and mask of a batch, each padded to its longest text. A text of more than
+    /// `max_len` tokens keeps its first `max_len − 1` and `</s>`, as the pipeline's
+    /// tokenizer truncates (the post-processor's `</s>` is added after truncation).
+    pub fn encode_batch(
+        &self,
+        texts: &[String],
+        max_len: usize,
+        device: &Device,
+    ) -> Result<TokenBatch> {
+        if max_len == 0 {
+            return Err(TrainError::Options(
+                "the text length must be at least 1".into(),
+            ));
+        }
         let rows = texts
             .iter()
-            .map(|t| self.ids(t))
+            .map(|t| {
+                let mut ids = self.ids(t)?;
+                if ids.len() > max_len {
+                    let eos = ids[ids.len() - 1];
+                    ids.truncate(max_len - 1);
+                    ids.push(eos);
+                }
+                Ok(ids)
+            })
             .collect::<Result<Vec<_>>>()?;
         let len = rows.iter().map(Vec::len).max().unwrap_or(1).max(1);
         let mut ids = Vec::with_capacity(rows.len() * len);

@@ -10,7 +10,7 @@ use candle_nn::{VarBuilder, VarMap};
 use kiln_models::umt5::UMT5EncoderModel;
 use kiln_models::wan::transformer::WanTransformer;
 use kiln_models::wan::vae::WanVae;
-use kiln_train::{CaptionTokenizer, ModelSizes, CAMERA_DIM, TEXT_LEN};
+use kiln_train::{CaptionTokenizer, ModelSizes, CAMERA_DIM};
 
 fn parameters(map: &VarMap) -> usize {
     map.all_vars().iter().map(|v| v.elem_count()).sum()
@@ -72,7 +72,7 @@ fn bundled_model_cost() {
     // 41 frames of 112x64: latents (1, z, 11, 8, 14).
     let x = Tensor::randn(0f32, 1., (1, 2 * z + 4, 11, 8, 14), &device).unwrap();
     let t = Tensor::new(&[500f32], &device).unwrap();
-    let text = Tensor::randn(0f32, 1., (1, TEXT_LEN, sizes.text_d_model), &device).unwrap();
+    let text = Tensor::randn(0f32, 1., (1, sizes.text_len, sizes.text_d_model), &device).unwrap();
     let camera = Tensor::zeros((1, CAMERA_DIM), DType::F32, &device).unwrap();
     transformer
         .forward_with_camera(&x, &t, &text, Some(&camera))
