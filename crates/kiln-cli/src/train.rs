@@ -89,6 +89,10 @@ pub struct TrainArgs {
     /// pipeline to use (default: the size's own, 64 for the bundled model; Wan uses 512).
     #[arg(long)]
     text_len: Option<usize>,
+    /// DiT stage: share of clips trained with no frame condition at all (text, and camera,
+    /// only), on top of the quarter the other conditioning draws leave so; 0 by default.
+    #[arg(long, default_value_t = 0.0)]
+    text_only: f32,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -125,6 +129,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     opts.resume = args.resume;
     opts.init_from = args.init_from;
     opts.object_weight = args.object_weight;
+    opts.rates.text_only = args.text_only;
     opts.set_conditioning_lr_scale(args.conditioning_lr_scale);
     opts.sizes = sizes;
     opts.geometry = geometry;

@@ -146,6 +146,12 @@ impl TrainOptions {
                 bad.factor
             )));
         }
+        if !(0.0..=1.0).contains(&self.rates.text_only) {
+            return Err(TrainError::Options(format!(
+                "--text-only {} must be a share between 0 and 1",
+                self.rates.text_only
+            )));
+        }
         if self.sizes.text_len == 0 {
             return Err(TrainError::Options(
                 "--text-len must be at least 1 (the bundled model uses 64)".into(),
@@ -318,6 +324,7 @@ fn open_run(stage: Stage, opts: &TrainOptions) -> Result<Run> {
         // the latest.
         saved.optimizer = fresh.optimizer.clone();
         saved.object_weight = fresh.object_weight;
+        saved.rates.text_only = fresh.rates.text_only;
         saved.freeze_encoder = fresh.freeze_encoder;
         if !same_run {
             return Err(TrainError::Options(format!(
@@ -665,9 +672,10 @@ pub fn train_dit(
                 let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(u64, DitInputs)>>(1);
                 scope.spawn(move || {
                     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build();
+                    let mut blank = BlankConditions::default();
                     let steps = (first_step + lane..opts.steps).step_by(INPUT_THREADS);
                     for step in steps {
-                        let make = || dit_inputs(opts, vae, step, device);
+                        let mut make = || dit_inputs(opts, vae, step, &mut blank, device);
                         let inputs = match &pool {
                             Ok(pool) => pool.install(make),
                             Err(_) => make(),
@@ -747,9 +755,33 @@ struct DitInputs {
     weights: Option<Tensor>,
 }
 
+/// Condition latents of batches with no known pixel, by shape: the encoding of an all-zero
+/// video, the same tensor every time it is asked for, so it is encoded once per shape
+/// instead of once per such step (a condition encode is about half of a step's inputs).
+#[derive(Default)]
+struct BlankConditions(std::collections::HashMap<Vec<usize>, Tensor>);
+
+impl BlankConditions {
+    fn latents(&mut self, vae: &WanVae, video: &Tensor) -> Result<Tensor> {
+        let key = video.dims().to_vec();
+        if let Some(latents) = self.0.get(&key) {
+            return Ok(latents.clone());
+        }
+        let latents = vae.normalize(&vae.encode(video)?)?.detach();
+        self.0.insert(key, latents.clone());
+        Ok(latents)
+    }
+}
+
 /// The random draws of a step in a fixed order: scenes, conditioning, then the text and
 /// camera drop-outs (one conditioning stream), then σ and the noise.
-fn dit_inputs(opts: &TrainOptions, vae: &WanVae, step: u64, device: &Device) -> Result<DitInputs> {
+fn dit_inputs(
+    opts: &TrainOptions,
+    vae: &WanVae,
+    step: u64,
+    blank: &mut BlankConditions,
+    device: &Device,
+) -> Result<DitInputs> {
     let spatial = vae.config().spatial_compression();
     let temporal = vae.config().temporal_compression();
     let batch = clip_batch(
@@ -771,7 +803,11 @@ fn dit_inputs(opts: &TrainOptions, vae: &WanVae, step: u64, device: &Device) -> 
         temporal,
         device,
     )?;
-    let cond_latents = vae.normalize(&vae.encode(&cond.video)?)?.detach();
+    let cond_latents = if cond.any_known {
+        vae.normalize(&vae.encode(&cond.video)?)?.detach()
+    } else {
+        blank.latents(vae, &cond.video)?
+    };
     let captions: Vec<String> = batch
         .captions
         .iter()

@@ -175,6 +175,14 @@ fn dit_loss_falls_and_resume_is_exact() {
     ] {
         assert!(model.join(file).is_file(), "{file} missing");
     }
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("model_index.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        index["kiln_defaults"]["max_sequence_length"],
+        ModelSizes::tiny().text_len,
+        "the pipeline reads the trained text length back"
+    );
     let cfg: transformer::Config =
         kiln_models::read_config(&model.join("transformer/config.json"), "transformer").unwrap();
     let tensors = candle_core::safetensors::load(
