@@ -18,7 +18,7 @@ use kiln_models::umt5::{self, UMT5EncoderModel};
 use kiln_models::wan::transformer::{self, WanTransformer};
 use kiln_models::wan::vae::{self, WanVae};
 use kiln_train::data::{clip_batch, gaussian, rng_for, Stream};
-use kiln_train::stages::encode_text;
+use kiln_train::stages::{encode_text, latent_object_weights};
 use kiln_train::{CaptionTokenizer, ClipGeometry, CAMERA_DIM, REFERENCE_TEXT_LEN};
 
 fn load(dir: &std::path::Path, file: &str, dev: &Device) -> anyhow::Result<VarBuilder<'static>> {
@@ -79,45 +79,36 @@ fn main() -> anyhow::Result<()> {
         let blank = vae.normalize(&vae.encode(&batch.video.zeros_like()?)?)?;
         let (_, z, lf, lh, lw) = x0.dims5()?;
         let mask = Tensor::zeros((1, temporal, lf, lh, lw), DType::F32, &dev)?;
-        // Latent cells holding part of an object (any frame of the cell's group).
-        let (h, w) = (batch.height, batch.width);
-        let ids = &batch.object_ids[0];
-        let mut cells = vec![0f32; lf * lh * lw];
-        for t in 0..batch.frames {
-            let cf = t.div_ceil(temporal);
-            for y in 0..h {
-                for x in 0..w {
-                    if ids[(t * h + y) * w + x] != 0 {
-                        cells[(cf * lh + y / spatial) * lw + x / spatial] = 1.0;
-                    }
-                }
-            }
-        }
-        let object_cells = cells.iter().sum::<f32>() as f64 * z as f64;
-        let cells = Tensor::from_vec(cells, (1, 1, lf, lh, lw), &dev)?;
-        let texts = [
+        // 1 on the latent cells holding part of an object, as the DiT stage weighs them.
+        let cells = (latent_object_weights(&batch, 2.0, spatial, temporal, &dev)? - 1.0)?;
+        let object_cells = cells.sum_all()?.to_scalar::<f32>()? as f64 * z as f64;
+        let embeddings = [
             batch.captions[0].clone(),
             String::new(),
             other.captions[0].clone(),
-        ];
+        ]
+        .iter()
+        .map(|text| {
+            encode_text(
+                &tokenizer,
+                &text_encoder,
+                std::slice::from_ref(text),
+                text_len,
+                &dev,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
         let camera = Tensor::zeros((1, CAMERA_DIM), DType::F32, &dev)?;
         let mut rng = rng_for(7, i, Stream::Noise);
         let noise = Tensor::from_vec(gaussian(&mut rng, x0.elem_count()), x0.shape(), &dev)?;
+        let target = (&noise - &x0)?;
         for (s, &sigma) in sigmas.iter().enumerate() {
             let noisy = ((&x0 * (1.0 - sigma) as f64)? + (&noise * sigma as f64)?)?;
             let input = Tensor::cat(&[&noisy, &mask, &blank], 1)?;
             let t = Tensor::new(&[sigma * 1000.0], &dev)?;
-            let target = (&noise - &x0)?;
-            for (k, text) in texts.iter().enumerate() {
-                let emb = encode_text(
-                    &tokenizer,
-                    &text_encoder,
-                    std::slice::from_ref(text),
-                    text_len,
-                    &dev,
-                )?;
+            for (k, emb) in embeddings.iter().enumerate() {
                 let pred =
-                    dit.forward_with_text_padding(&input, &t, &emb, text_len, Some(&camera))?;
+                    dit.forward_with_text_padding(&input, &t, emb, text_len, Some(&camera))?;
                 let err = (pred - &target)?.sqr()?;
                 sums[s][k][0] += err.mean_all()?.to_scalar::<f32>()? as f64;
                 if object_cells > 0.0 {

@@ -872,7 +872,7 @@ fn dit_inputs(
 /// (its `spatial`² pixels over its frames: frame 0 for the first latent frame, then
 /// `temporal` frames each, as the causal VAE groups them) holds an object pixel, 1
 /// elsewhere.
-fn latent_object_weights(
+pub fn latent_object_weights(
     batch: &ClipBatch,
     weight: f64,
     spatial: usize,

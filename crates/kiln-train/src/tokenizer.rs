@@ -48,20 +48,28 @@ pub fn split_words(text: &str) -> Vec<String> {
     out
 }
 
+/// The captions of `scenes` scenes of each split, `CAPTIONS_PER_SCENE` paraphrases each,
+/// in a fixed order.
+pub fn grammar_captions(scenes: u64) -> impl Iterator<Item = String> {
+    [Split::Train, Split::HeldOut]
+        .into_iter()
+        .flat_map(move |split| {
+            (0..scenes).flat_map(move |seed| {
+                let spec = sample_scene(seed, split);
+                let mut rng = SplitMix64::new(seed ^ 0x7ABE_11ED);
+                (0..CAPTIONS_PER_SCENE)
+                    .map(|_| caption(&spec, &mut rng))
+                    .collect::<Vec<_>>()
+            })
+        })
+}
+
 /// Every word of the captions of `scenes` scenes of each split (held-out scenes use the
 /// same words in other combinations, so the model can read held-out prompts).
 pub fn caption_vocabulary(scenes: u64) -> BTreeSet<String> {
-    let mut words = BTreeSet::new();
-    for split in [Split::Train, Split::HeldOut] {
-        for seed in 0..scenes {
-            let spec = sample_scene(seed, split);
-            let mut rng = SplitMix64::new(seed ^ 0x7ABE_11ED);
-            for _ in 0..CAPTIONS_PER_SCENE {
-                words.extend(split_words(&caption(&spec, &mut rng)));
-            }
-        }
-    }
-    words
+    grammar_captions(scenes)
+        .flat_map(|c| split_words(&c))
+        .collect()
 }
 
 /// The tokenizer.json document for a vocabulary.
