@@ -8,8 +8,9 @@
 
 use kiln_pipeline::{DynamicMask, GenerateRequest, PipelineError, VideoConditions, WanPipeline};
 use kiln_world::{
-    caption, detect, render, resample_path, sample_scene, score, still_region, CameraMotion, Clip,
-    PromptIntent, ScoreInputs, Scores, Split, SplitMix64, TrajectoryTarget, WorldError,
+    caption, detect, render, resample_path, sample_scene, score, still_region, CameraMotion,
+    CameraRates, Clip, PromptIntent, ScoreInputs, Scores, Split, SplitMix64, TrajectoryTarget,
+    WorldError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +90,9 @@ pub struct SampleResult {
     pub width: usize,
     pub height: usize,
     pub scores: Scores,
+    /// What the detector read of the camera in the generated clip (its signature is
+    /// what camera accuracy compares with the request's).
+    pub camera_seen: CameraRates,
     pub seconds: f64,
 }
 
@@ -363,6 +367,7 @@ pub fn run_sample(
         width: req.width,
         height: req.height,
         scores,
+        camera_seen: detection.camera.rates,
         seconds,
     })
 }
@@ -461,6 +466,7 @@ mod tests {
                 width: w as usize,
                 height: h as usize,
                 scores,
+                camera_seen: detection.camera.rates,
                 seconds: 0.0,
             });
         }

@@ -14,7 +14,8 @@ use candle_nn::VarBuilder;
 use kiln_models::wan::vae::{Config, WanVae};
 use kiln_train::data::frames_to_chw;
 use kiln_world::{
-    detect, psnr, render, sample_scene, score, PromptIntent, ScoreInputs, Scores, Split,
+    detect, psnr, render, sample_scene, score, static_region_drift, still_region, PromptIntent,
+    ScoreInputs, Scores, Split, SplitMix64,
 };
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +39,9 @@ fn main() -> anyhow::Result<()> {
     let mut groups = vec![0.0; frames.div_ceil(4)];
     // [colour, shape, direction, camera] counts: reconstructions, then the renders.
     let (mut recon_ok, mut render_ok) = ([0usize; 4], [0usize; 4]);
+    // Static drift of the reconstructions over a still region of the still-camera clips,
+    // drawn as `kiln eval` draws its static masks: the floor under that target.
+    let (mut drift, mut still_clips) = (0.0, 0usize);
     let tally = |counts: &mut [usize; 4], s: &Scores| {
         for (c, ok) in counts
             .iter_mut()
@@ -88,6 +92,19 @@ fn main() -> anyhow::Result<()> {
             let scores = score(&intent, &detection, frames_rgb, &ScoreInputs::default())?;
             tally(counts, &scores);
         }
+        if spec.camera.axes().is_zero() {
+            let mask = still_region(
+                &clip.object_ids,
+                w as usize,
+                h as usize,
+                frames,
+                &mut SplitMix64::new(i as u64),
+            );
+            if mask.iter().any(|&m| m) {
+                drift += static_region_drift(&rgb, w, h, frames, &mask)?;
+                still_clips += 1;
+            }
+        }
         first += psnr(&rgb[..n], clip.frame(0))?;
         last += psnr(&rgb[(frames - 1) * n..], clip.frame(frames - 1))?;
         all += psnr(&rgb, &clip.frames)?;
@@ -109,6 +126,12 @@ fn main() -> anyhow::Result<()> {
     );
     let per_group: Vec<String> = groups.iter().map(|s| format!("{:.1}", s / c)).collect();
     println!("PSNR per latent frame (dB): {}", per_group.join(" "));
+    if still_clips > 0 {
+        println!(
+            "static drift of the reconstructions over {still_clips} still-camera clips: {:.2} / 255",
+            drift / still_clips as f64
+        );
+    }
     let pct = |counts: [usize; 4]| counts.map(|k| format!("{:.0}%", 100.0 * k as f64 / c));
     for (what, counts) in [("reconstructions", recon_ok), ("renders", render_ok)] {
         let [colour, shape, direction, camera] = pct(counts);

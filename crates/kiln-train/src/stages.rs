@@ -306,11 +306,34 @@ fn open_run(stage: Stage, opts: &TrainOptions) -> Result<Run> {
             frame_counts: fresh.geometry.frame_counts.clone(),
             ..saved.geometry.clone()
         } == fresh.geometry;
-        let same_run = saved.seed == fresh.seed
-            && saved.batch == fresh.batch
-            && saved.sizes == fresh.sizes
-            && same_geometry
-            && saved.stage == fresh.stage;
+        // What differs, named with the flag that sets it, so the error says what to pass.
+        let mut differs = Vec::new();
+        if saved.seed != fresh.seed {
+            differs.push(format!("--seed {} (asked {})", saved.seed, fresh.seed));
+        }
+        if saved.batch != fresh.batch {
+            differs.push(format!("--batch {} (asked {})", saved.batch, fresh.batch));
+        }
+        if saved.sizes.text_len != fresh.sizes.text_len {
+            differs.push(format!(
+                "--text-len {} (asked {})",
+                saved.sizes.text_len, fresh.sizes.text_len
+            ));
+        }
+        let saved_sizes = ModelSizes {
+            text_len: fresh.sizes.text_len,
+            ..saved.sizes.clone()
+        };
+        if saved_sizes != fresh.sizes {
+            differs.push("the model sizes (--size)".into());
+        }
+        if !same_geometry {
+            differs.push("the clip sizes, frame rate or scene pool".into());
+        }
+        if saved.stage != fresh.stage {
+            differs.push(format!("stage {} (asked {})", saved.stage, fresh.stage));
+        }
+        let same_run = differs.is_empty();
         if same_run && saved.geometry.frame_counts != fresh.geometry.frame_counts {
             tracing::info!(
                 from = ?saved.geometry.frame_counts,
@@ -328,10 +351,9 @@ fn open_run(stage: Stage, opts: &TrainOptions) -> Result<Run> {
         saved.freeze_encoder = fresh.freeze_encoder;
         if !same_run {
             return Err(TrainError::Options(format!(
-                "{}: the saved run has other settings (seed {}, batch {}, model sizes, text length or clip sizes); resume with the same --seed, --batch, --text-len and sizes (only --frames and the optimizer and loss options may change), or choose another --out",
+                "{}: the saved run has other settings: {}; resume with those (only --frames and the optimizer and loss options may change), or choose another --out",
                 state_path.display(),
-                saved.seed,
-                saved.batch
+                differs.join(", ")
             )));
         }
         (saved, true)

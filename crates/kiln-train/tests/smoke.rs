@@ -130,6 +130,22 @@ fn vae_loss_falls_and_resume_is_exact() {
 
     // Without --resume an existing run is refused rather than overwritten.
     assert!(train_vae(&tiny(split_dir.clone(), steps, 1e-3), &mut |_| {}).is_err());
+    // A resume with other settings is refused, naming each flag that differs.
+    let mut other = tiny(split_dir.clone(), steps + 8, 1e-3);
+    other.resume = true;
+    other.batch += 1;
+    other.sizes.text_len += 8;
+    let err = train_vae(&other, &mut |_| {})
+        .expect_err("resume with another batch and text length")
+        .to_string();
+    let (saved_batch, saved_len) = (other.batch - 1, other.sizes.text_len - 8);
+    for part in [
+        format!("--batch {saved_batch} (asked {})", other.batch),
+        format!("--text-len {saved_len} (asked {})", other.sizes.text_len),
+    ] {
+        assert!(err.contains(&part), "{err:?} does not name {part:?}");
+    }
+    assert!(!err.contains("--seed"), "{err:?}");
     let _ = std::fs::remove_dir_all(whole_dir);
     let _ = std::fs::remove_dir_all(split_dir);
 }
