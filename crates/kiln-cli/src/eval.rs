@@ -1,13 +1,14 @@
 //! `kiln eval`: held-out adherence of a model (kiln-eval), printed as a table and
 //! optionally written as JSON; `--check` fails when a target is missed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln_eval::{prepare_sample, run_sample, summarise, EvalOptions, Targets};
+use kiln_eval::{prepare_sample, run_sample, summarise, EvalOptions, SampleResult, Targets};
+use kiln_media::video_out::{write_video_file, EncodeOptions, VideoFormat};
 use kiln_pipeline::{CheckpointPaths, WanPipeline};
 
 #[derive(Args)]
@@ -38,9 +39,17 @@ pub struct EvalArgs {
     /// Write the per-sample results and the summary here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write each sample's clip here as an MP4, the generated clip on the left and the
+    /// held-out scene's render on the right (NNN-kind.mp4, NNN the sample's index).
+    #[arg(long)]
+    videos: Option<PathBuf>,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    if let Some(dir) = &args.videos {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create the video folder", dir.display()))?;
+    }
     if args.samples == 0 {
         bail!("--samples 0: give at least 1 (200 for the issue's table, 20 in CI)");
     }
@@ -70,9 +79,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let mut results = Vec::with_capacity(args.samples);
     for i in 0..args.samples {
         let sample = prepare_sample(&opts, i)?;
-        let r = run_sample(&pipeline, &opts, i, &sample).with_context(|| {
+        let (r, rgb) = run_sample(&pipeline, &opts, i, &sample).with_context(|| {
             format!("sample {i} ({:?}): {}", sample.kind, sample.request.prompt)
         })?;
+        if let Some(dir) = &args.videos {
+            write_side_by_side(dir, &r, &rgb, &sample.truth.frames, opts.fps)?;
+        }
         bar.set_message(format!("{:.1} s/sample", r.seconds));
         bar.inc(1);
         results.push(r);
@@ -117,5 +129,36 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.check && !missed.is_empty() {
         bail!("targets missed: {}", missed.join(", "));
     }
+    Ok(())
+}
+
+/// The generated clip beside the scene's render, one MP4 per sample.
+fn write_side_by_side(
+    dir: &Path,
+    r: &SampleResult,
+    generated: &[u8],
+    truth: &[u8],
+    fps: u32,
+) -> Result<()> {
+    let row = r.width * 3;
+    let mut both = Vec::with_capacity(2 * generated.len());
+    for (g, t) in generated.chunks_exact(row).zip(truth.chunks_exact(row)) {
+        both.extend_from_slice(g);
+        both.extend_from_slice(t);
+    }
+    let frames = generated.len() / (row * r.height);
+    let kind = serde_json::to_value(r.kind)?;
+    let path = dir.join(format!(
+        "{:03}-{}.mp4",
+        r.index,
+        kind.as_str().unwrap_or("sample")
+    ));
+    let opts = EncodeOptions {
+        format: VideoFormat::Mp4,
+        fps,
+        ..Default::default()
+    };
+    write_video_file(&path, &both, frames, 2 * r.width, r.height, &opts)
+        .with_context(|| format!("{}: cannot write the clip", path.display()))?;
     Ok(())
 }

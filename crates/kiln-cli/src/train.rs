@@ -59,6 +59,10 @@ pub struct TrainArgs {
     /// Draw scenes from this many fixed seeds (an over-fitting check, not for real runs).
     #[arg(long)]
     scene_pool: Option<u64>,
+    /// At most this many objects a scene, 1 to 3 [default: 3]: a curriculum starts with
+    /// one object and resumes with more.
+    #[arg(long)]
+    max_objects: Option<usize>,
     /// Print a log line every this many steps instead of drawing a progress bar.
     #[arg(long)]
     log_every: Option<u64>,
@@ -120,6 +124,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         geometry.frame_counts = frames;
     }
     geometry.scene_pool = args.scene_pool;
+    geometry.max_objects = args.max_objects;
     let mut opts = TrainOptions::bundled(args.out.clone(), args.steps, args.seed);
     opts.batch = args.batch;
     opts.optimizer.lr = args.lr;

@@ -333,13 +333,14 @@ pub fn prepare_sample(opts: &EvalOptions, index: usize) -> Result<PreparedSample
     )))
 }
 
-/// Generates and scores one prepared sample.
+/// Generates and scores one prepared sample; returns the result and the generated clip
+/// as RGB8 frames (frame, row, column, channel), the bytes the detector read.
 pub fn run_sample(
     pipeline: &WanPipeline,
     opts: &EvalOptions,
     index: usize,
     sample: &PreparedSample,
-) -> Result<SampleResult, EvalError> {
+) -> Result<(SampleResult, Vec<u8>), EvalError> {
     let req = &sample.request;
     let generated = pipeline.generate(req, &mut |_| true)?;
     let seconds =
@@ -358,7 +359,7 @@ pub fn run_sample(
         trajectory: sample.trajectory.as_ref(),
     };
     let scores = score(&sample.intent, &detection, &rgb, &inputs)?;
-    Ok(SampleResult {
+    let result = SampleResult {
         index,
         scene_seed: sample.scene_seed,
         kind: sample.kind,
@@ -369,7 +370,8 @@ pub fn run_sample(
         scores,
         camera_seen: detection.camera.rates,
         seconds,
-    })
+    };
+    Ok((result, rgb))
 }
 
 /// Means over `results`.

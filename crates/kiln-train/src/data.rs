@@ -3,7 +3,9 @@
 //! uninterrupted one would, and no data set is stored anywhere.
 
 use candle_core::{Device, Tensor};
-use kiln_world::{caption, render, sample_scene, CameraMotion, Split, SplitMix64};
+use kiln_world::{
+    caption, render, sample_scene_with, CameraMotion, Split, SplitMix64, MAX_OBJECTS,
+};
 
 use crate::error::Result;
 use crate::sizes::{ClipGeometry, CAMERA_DIM};
@@ -99,7 +101,8 @@ pub fn clip_batch(
             Some(pool) => rng.below(pool),
             None => rng.next_u64(),
         };
-        let spec = sample_scene(scene_seed, Split::Train);
+        let max_objects = geometry.max_objects.unwrap_or(MAX_OBJECTS);
+        let spec = sample_scene_with(scene_seed, Split::Train, max_objects);
         let clip = render(&spec, width, height, frames, geometry.fps)?;
         video.extend(frames_to_chw(&clip.frames, frames, h, w));
         out.captions.push(caption(&spec, &mut rng));

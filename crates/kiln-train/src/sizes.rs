@@ -190,6 +190,10 @@ pub struct ClipGeometry {
     /// over-fitting checks (the smoke tests), never for the real model.
     #[serde(default)]
     pub scene_pool: Option<u64>,
+    /// At most this many objects per scene (1 to 3; `None`: the world's 3). A curriculum
+    /// starts with fewer and resumes with more.
+    #[serde(default)]
+    pub max_objects: Option<usize>,
 }
 
 impl ClipGeometry {
@@ -200,6 +204,7 @@ impl ClipGeometry {
             frame_counts: vec![41],
             fps: 8.0,
             scene_pool: None,
+            max_objects: None,
         }
     }
 
@@ -209,6 +214,7 @@ impl ClipGeometry {
             frame_counts: vec![5],
             fps: 8.0,
             scene_pool: None,
+            max_objects: None,
         }
     }
 
@@ -227,6 +233,14 @@ impl ClipGeometry {
         for &f in &self.frame_counts {
             if f == 0 || (f - 1) % 4 != 0 {
                 return bad(format!("frame count {f}: must be of the form 4k+1"));
+            }
+        }
+        if let Some(n) = self.max_objects {
+            if !(1..=kiln_world::MAX_OBJECTS).contains(&n) {
+                return bad(format!(
+                    "at most {n} objects a scene: expected 1 to {}",
+                    kiln_world::MAX_OBJECTS
+                ));
             }
         }
         if self.scene_pool == Some(0) {

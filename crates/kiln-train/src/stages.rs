@@ -304,6 +304,7 @@ fn open_run(stage: Stage, opts: &TrainOptions) -> Result<Run> {
         // frame rate and the scene stream may not.
         let same_geometry = ClipGeometry {
             frame_counts: fresh.geometry.frame_counts.clone(),
+            max_objects: fresh.geometry.max_objects,
             ..saved.geometry.clone()
         } == fresh.geometry;
         // What differs, named with the flag that sets it, so the error says what to pass.
@@ -343,6 +344,8 @@ fn open_run(stage: Stage, opts: &TrainOptions) -> Result<Run> {
             );
             saved.geometry.frame_counts = fresh.geometry.frame_counts.clone();
         }
+        // So may the object limit (a curriculum: one object first, then the whole world).
+        saved.geometry.max_objects = fresh.geometry.max_objects;
         // The loss and optimizer settings may change between sessions; the state records
         // the latest.
         saved.optimizer = fresh.optimizer.clone();

@@ -33,6 +33,7 @@ pub use metrics::{
 pub use render::{render, BBox, Clip, FrameTruth, ObjectTruth};
 pub use rng::SplitMix64;
 pub use scene::{
-    is_held_out, sample_scene, Background, BackgroundColour, Direction, GradientDirection, Motion,
-    ObjectColour, ObjectSpec, SceneSpec, Shape, Size, Speed, Split,
+    is_held_out, sample_scene, sample_scene_with, Background, BackgroundColour, Direction,
+    GradientDirection, Motion, ObjectColour, ObjectSpec, SceneSpec, Shape, Size, Speed, Split,
+    MAX_OBJECTS,
 };

@@ -487,9 +487,19 @@ pub fn is_held_out(spec: &SceneSpec) -> bool {
     })
 }
 
+/// Most objects a scene holds.
+pub const MAX_OBJECTS: usize = 3;
+
 /// Samples a scene, deterministic in `seed` and `split`. Train scenes never contain a
 /// held-out combination; held-out scenes always contain at least one.
 pub fn sample_scene(seed: u64, split: Split) -> SceneSpec {
+    sample_scene_with(seed, split, MAX_OBJECTS)
+}
+
+/// [`sample_scene`] with at most `max_objects` objects (1 to [`MAX_OBJECTS`]; values past
+/// it are the same as it), for a training curriculum that starts with fewer objects. The
+/// background and the first object are those of [`sample_scene`] for the same seed.
+pub fn sample_scene_with(seed: u64, split: Split, max_objects: usize) -> SceneSpec {
     let salt = match split {
         Split::Train => 0x7452_4149_4E00_0000,
         Split::HeldOut => 0x484F_4C44_4F55_5400,
@@ -502,7 +512,8 @@ pub fn sample_scene(seed: u64, split: Split) -> SceneSpec {
         0..=39 => 1,
         40..=74 => 2,
         _ => 3,
-    };
+    }
+    .min(max_objects.max(1));
     let mut camera = sample_camera(&mut rng);
     let mut kinds: Vec<(ObjectColour, Shape, Size, Motion)> = Vec::with_capacity(count);
     let mut forced_first = false;

@@ -3,8 +3,9 @@
 use kiln_world::caption::PromptIntent;
 use kiln_world::scene::{MotionClass, HELD_OUT_CAMERA, HELD_OUT_OBJECTS};
 use kiln_world::{
-    caption, captions, is_held_out, parse_prompt, render, sample_scene, BackgroundColour,
-    CameraAxes, CameraMotion, ObjectColour, SceneSpec, Split, SplitMix64, WorldError,
+    caption, captions, is_held_out, parse_prompt, render, sample_scene, sample_scene_with,
+    BackgroundColour, CameraAxes, CameraMotion, ObjectColour, SceneSpec, Split, SplitMix64,
+    WorldError, MAX_OBJECTS,
 };
 
 #[test]
@@ -265,4 +266,35 @@ fn kling_camera_control_maps_onto_the_world() {
     // Camera pans right: content slides left.
     let rates = CameraMotion::pan_right().rates();
     assert!(rates.translate_x < 0.0);
+}
+
+#[test]
+fn an_object_limit_keeps_the_scenes_within_it() {
+    let mut cut = 0;
+    for seed in 0..600u64 {
+        let full = sample_scene(seed, Split::Train);
+        assert_eq!(sample_scene_with(seed, Split::Train, MAX_OBJECTS), full);
+        for limit in 1..MAX_OBJECTS {
+            let limited = sample_scene_with(seed, Split::Train, limit);
+            assert!(
+                (1..=limit).contains(&limited.objects.len()),
+                "seed {seed}: {} objects over the limit {limit}",
+                limited.objects.len()
+            );
+            assert!(!is_held_out(&limited), "seed {seed}: a held-out scene");
+            if full.objects.len() > limit {
+                cut += 1;
+            }
+            // The background and the first object's colour, shape, size and motion are
+            // drawn before the object count, so the limit keeps them.
+            assert_eq!(limited.background, full.background, "seed {seed}");
+            let (a, b) = (&limited.objects[0], &full.objects[0]);
+            assert_eq!(
+                (a.colour, a.shape, a.size, a.motion),
+                (b.colour, b.shape, b.size, b.motion),
+                "seed {seed}"
+            );
+        }
+    }
+    assert!(cut > 300, "only {cut} scenes were cut");
 }
