@@ -86,16 +86,18 @@ fn vae_loss_falls_and_resume_is_exact() {
     assert_eq!(log.lines().count(), steps as usize);
     assert!(split_dir.join("model/vae/config.json").is_file());
 
-    // A resume may change the clip lengths (longer clips later in stage 1), and the state
-    // records the new ones.
+    // A resume may change the clip lengths (longer clips later in stage 1) and the object
+    // limit (a curriculum), and the state records the new ones.
     let mut longer = tiny(split_dir.clone(), steps + 2, 1e-3);
     longer.resume = true;
     longer.geometry.frame_counts = vec![1];
+    longer.geometry.max_objects = Some(1);
     let more = train_vae(&longer, &mut |_| {}).expect("resume with other clip lengths");
     assert_eq!((more.first_step, more.final_step), (steps, steps + 2));
     let state = std::fs::read_to_string(split_dir.join("vae-train/state.json")).expect("state");
     let state: serde_json::Value = serde_json::from_str(&state).expect("json");
     assert_eq!(state["geometry"]["frame_counts"], serde_json::json!([1]));
+    assert_eq!(state["geometry"]["max_objects"], serde_json::json!(1));
 
     // With the encoder frozen, the decoder trains and the encoder's weights, so the
     // latents and their exported statistics, stay bit for bit.
