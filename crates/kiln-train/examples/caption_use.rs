@@ -2,11 +2,12 @@
 //! text-only single frames of held-out-style scenes with the true caption, with the empty
 //! caption, and with another scene's caption, at fixed σ and noise.
 //!
-//! `cargo run --release -p kiln-train --example caption_use -- MODEL_DIR [FRAMES] [SAMPLES] [POOL]`
+//! `cargo run --release -p kiln-train --example caption_use -- MODEL_DIR [FRAMES] [SAMPLES] [POOL] [MAX_OBJECTS]`
 //!
 //! With POOL, scenes (the other captions too) come from the first POOL scene seeds, as
 //! `kiln train --scene-pool POOL` draws them: a model over-fitted to them must read which
-//! scene its caption names.
+//! scene its caption names; `all` is the endless stream. With MAX_OBJECTS, scenes hold at
+//! most that many objects, as `kiln train --max-objects` draws them.
 //!
 //! Prints the mean squared error over all latent cells and over the cells that hold part
 //! of an object, per σ. A model that reads its caption has a clearly lower error with the
@@ -30,11 +31,16 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let model = std::path::PathBuf::from(
         args.next()
-            .expect("usage: caption_use MODEL_DIR [FRAMES] [SAMPLES] [POOL]"),
+            .expect("usage: caption_use MODEL_DIR [FRAMES] [SAMPLES] [POOL] [MAX_OBJECTS]"),
     );
     let frames: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1);
     let samples: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(24);
-    let scene_pool: Option<u64> = args.next().map(|s| s.parse()).transpose()?;
+    let scene_pool: Option<u64> = args
+        .next()
+        .filter(|s| s != "all")
+        .map(|s| s.parse())
+        .transpose()?;
+    let max_objects: Option<usize> = args.next().map(|s| s.parse()).transpose()?;
     let dev = Device::Cpu;
     let te_cfg: umt5::Config =
         kiln_models::read_config(&model.join("text_encoder/config.json"), "UMT5 config")?;
@@ -66,6 +72,7 @@ fn main() -> anyhow::Result<()> {
     let geometry = ClipGeometry {
         frame_counts: vec![frames],
         scene_pool,
+        max_objects,
         ..ClipGeometry::bundled()
     };
     let (spatial, temporal) = (8, 4);
