@@ -354,7 +354,7 @@ fn open_run(stage: Stage, opts: &TrainOptions) -> Result<Run> {
         saved.freeze_encoder = fresh.freeze_encoder;
         if !same_run {
             return Err(TrainError::Options(format!(
-                "{}: the saved run has other settings: {}; resume with those (only --frames and the optimizer and loss options may change), or choose another --out",
+                "{}: the saved run has other settings: {}; resume with those (only --frames, --max-objects and the optimizer and loss options may change), or choose another --out",
                 state_path.display(),
                 differs.join(", ")
             )));
