@@ -46,15 +46,15 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    if let Some(dir) = &args.videos {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("{}: cannot create the video folder", dir.display()))?;
-    }
     if args.samples == 0 {
         bail!("--samples 0: give at least 1 (200 for the issue's table, 20 in CI)");
     }
     if !(0.0..=50.0).contains(&args.loosen) {
         bail!("--loosen {}: expected 0 to 50 points", args.loosen);
+    }
+    if let Some(dir) = &args.videos {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create the video folder", dir.display()))?;
     }
     let paths = CheckpointPaths {
         model: crate::generate::model_dir(args.model.as_ref())?,

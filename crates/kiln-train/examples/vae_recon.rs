@@ -39,8 +39,9 @@ fn main() -> anyhow::Result<()> {
     let mut groups = vec![0.0; frames.div_ceil(4)];
     // [colour, shape, direction, camera] counts: reconstructions, then the renders.
     let (mut recon_ok, mut render_ok) = ([0usize; 4], [0usize; 4]);
-    // Static drift of the reconstructions over a still region of the still-camera clips,
-    // drawn as `kiln eval` draws its static masks: the floor under that target.
+    // Static drift of the reconstructions over a still region of the still-camera clips
+    // (`still_region`, where `kiln eval`'s static masks come from): the floor under that
+    // target.
     let (mut drift, mut still_clips) = (0.0, 0usize);
     let tally = |counts: &mut [usize; 4], s: &Scores| {
         for (c, ok) in counts

@@ -96,12 +96,12 @@ pub fn clip_batch(
         camera_static: Vec::with_capacity(batch),
         object_count: Vec::with_capacity(batch),
     };
+    let max_objects = geometry.max_objects.unwrap_or(MAX_OBJECTS);
     for _ in 0..batch {
         let scene_seed = match geometry.scene_pool {
             Some(pool) => rng.below(pool),
             None => rng.next_u64(),
         };
-        let max_objects = geometry.max_objects.unwrap_or(MAX_OBJECTS);
         let spec = sample_scene_with(scene_seed, Split::Train, max_objects);
         let clip = render(&spec, width, height, frames, geometry.fps)?;
         video.extend(frames_to_chw(&clip.frames, frames, h, w));
